@@ -1,0 +1,308 @@
+"""N clients and one mining node in a single process: the whole protocol, round by round.
+
+Each round: every client loads the head block's global model (fetched from the ledger by its
+hash), trains on its private data and computes its delta; malicious clients apply the attack
+before signing, as a real attacker would; every update is serialized, hashed and signed; the
+node validates, aggregates, mines and appends the block; the new model is evaluated on the
+held-out test split and everything is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from torchchain.attacks.base import Attack
+from torchchain.chain.block import make_genesis
+from torchchain.chain.crypto import SigningKey, sha256_hex
+from torchchain.chain.ledger import Ledger
+from torchchain.data import DataSplit, TaskData
+from torchchain.data.partition import partition
+from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
+from torchchain.runtime.node import Node, RoundOutcome, Submission
+from torchchain.strategies.base import Strategy
+from torchchain.telemetry import RunWriter
+from torchchain.updates.delta import compute_delta, flatten, unflatten
+from torchchain.updates.serialize import update_from_bytes, update_to_bytes
+
+__all__ = ["Simulation", "SimulationSettings", "derive_generator"]
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """Everything about a run that is not an object: sizes, seeds, training and chain settings.
+
+    Attributes:
+        clients: Number of clients ``n``.
+        rounds: Number of federated rounds (one block each).
+        byzantine: Number of malicious clients ``f`` (already resolved from a count or fraction).
+        seed: The one seed every random stream derives from.
+        device: Where clients train and the model is evaluated (aggregation is always on CPU).
+        training: Local training settings.
+        partition: ``"iid"``, ``"dirichlet"`` or ``"shards"``.
+        alpha: Dirichlet concentration (``partition="dirichlet"``).
+        shards_per_client: Label shards per client (``partition="shards"``).
+        difficulty: Proof-of-work difficulty in leading zero bits.
+        max_update_bytes: The node rejects larger update payloads unread.
+        eval_every: Evaluate the global model every this many rounds (and always at the last).
+        progress: Show a progress bar.
+    """
+
+    clients: int
+    rounds: int
+    byzantine: int
+    seed: int
+    device: torch.device
+    training: LocalTraining
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    difficulty: int = 16
+    max_update_bytes: int = 64 << 20
+    eval_every: int = 1
+    progress: bool = True
+
+
+def derive_generator(seed: int, *parts: object) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and a purpose, e.g. ``("train", round, client)``.
+
+    Every random stream of a run is derived this way, so one ``seed`` fixes them all and no
+    stream depends on how many numbers another one consumed.
+    """
+    material = "/".join(str(p) for p in (seed, *parts)).encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 1)
+
+
+def _client_key(seed: int, index: int) -> SigningKey:
+    return SigningKey.from_seed_material(f"torchchain/client/{index}/seed={seed}")
+
+
+class Simulation:
+    """Runs the protocol for ``settings.clients`` clients and one node in this process.
+
+    Args:
+        data: The task's train and test splits.
+        model: The model; its initial weights are the genesis model.
+        strategy: Aggregation strategy (``setup`` is called here).
+        attack: What the malicious clients do (``setup`` is called here).
+        settings: Sizes, seeds, training and chain settings.
+        run_dir: Folder for the ledger (``ledger/``) and TensorBoard events (``tensorboard/``).
+        config: The run's resolved config, recorded in the genesis block so an auditor knows
+            exactly what ran; it must be JSON-serializable.
+        writer: TensorBoard writer, or ``None`` for no events.
+    """
+
+    def __init__(
+        self,
+        *,
+        data: TaskData,
+        model: nn.Module,
+        strategy: Strategy,
+        attack: Attack,
+        settings: SimulationSettings,
+        run_dir: str | Path,
+        config: Mapping[str, Any],
+        writer: RunWriter | None = None,
+    ) -> None:
+        self.data = data
+        self.settings = settings
+        self.model = model.to(settings.device)
+        self.strategy = strategy
+        self.attack = attack
+        self.run_dir = Path(run_dir)
+        self.writer = writer
+        n, f = settings.clients, settings.byzantine
+        strategy.setup(num_clients=n, num_byzantine=f)
+        attack.setup(num_clients=n, num_byzantine=f)
+
+        parts = partition(
+            settings.partition,
+            data.train.targets,
+            n,
+            seed=settings.seed,
+            alpha=settings.alpha,
+            shards_per_client=settings.shards_per_client,
+        )
+        malicious = set(torch.randperm(n, generator=derive_generator(settings.seed, "byzantine"))[:f].tolist())
+        self.clients: list[Client] = []
+        for i, idx in enumerate(parts):
+            split = DataSplit(features=data.train.features[idx], targets=data.train.targets[idx])
+            if i in malicious:
+                x, y = attack.poison_data(
+                    split.features,
+                    split.targets,
+                    num_classes=data.num_classes,
+                    generator=derive_generator(settings.seed, "poison_data", i),
+                )
+                split = DataSplit(features=x, targets=y)
+            self.clients.append(
+                Client(index=i, key=_client_key(settings.seed, i), data=split, byzantine=i in malicious, momentum_buffers={})
+            )
+
+        self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        model_bytes = update_to_bytes(self.global_state)
+        node_key = SigningKey.from_seed_material(f"torchchain/node/0/seed={settings.seed}")
+        genesis = make_genesis(
+            members=[c.public_key for c in self.clients],
+            config=dict(config),
+            model_hash=sha256_hex(model_bytes),
+            miner=node_key.public_key,
+            difficulty=settings.difficulty,
+            time_ms=int(time.time() * 1000),
+        )
+        self.ledger = Ledger.create(self.run_dir / "ledger", genesis)
+        self.ledger.put_blob(model_bytes)
+        self.node = Node(
+            ledger=self.ledger,
+            strategy=strategy,
+            key=node_key,
+            difficulty=settings.difficulty,
+            max_update_bytes=settings.max_update_bytes,
+        )
+        self._labels = {c.public_key: c.label for c in self.clients}
+
+    # -- one round -------------------------------------------------------------------------
+
+    def _local_updates(self, round: int, seconds: dict[str, float]) -> dict[int, dict[str, torch.Tensor]]:
+        """Every client trains from the global model; returns each one's honest delta."""
+        start = time.perf_counter()
+        deltas = {}
+        for client in self.clients:
+            self.model.load_state_dict(self.global_state)
+            train_local(
+                self.model,
+                client.data,
+                self.settings.training,
+                device=self.settings.device,
+                generator=derive_generator(self.settings.seed, "train", round, client.index),
+                momentum_buffers=client.momentum_buffers,
+            )
+            deltas[client.index] = compute_delta(self.model.state_dict(), self.global_state)
+        seconds["train"] = time.perf_counter() - start
+        return deltas
+
+    def _poison(self, round: int, deltas: dict[int, dict[str, torch.Tensor]], seconds: dict[str, float]) -> None:
+        """Malicious clients replace their delta with the attack's output, before signing."""
+        start = time.perf_counter()
+        honest = None
+        if self.attack.omniscient:
+            honest = torch.stack([flatten(deltas[c.index]) for c in self.clients if not c.byzantine])
+        for client in self.clients:
+            if not client.byzantine:
+                continue
+            own = deltas[client.index]
+            poisoned = self.attack.poison_update(
+                flatten(own), honest=honest, generator=derive_generator(self.settings.seed, "attack", round, client.index)
+            )
+            deltas[client.index] = unflatten(poisoned, own)
+        seconds["attack"] = time.perf_counter() - start
+
+    def run_round(self, round: int) -> tuple[RoundOutcome, dict[str, float], dict[str, float]]:
+        """Run one round; return the node's outcome, per-phase seconds and update norms by client label."""
+        seconds: dict[str, float] = {}
+        base_hash = self.ledger.head.hash
+        deltas = self._local_updates(round, seconds)
+        self._poison(round, deltas, seconds)
+        norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in self.clients}
+        submissions: list[Submission] = [
+            c.submit(deltas[c.index], round=round, base_hash=base_hash, seconds=seconds) for c in self.clients
+        ]
+        outcome = self.node.mine_round(
+            round, submissions, self.global_state, generator=derive_generator(self.settings.seed, "aggregate", round)
+        )
+        seconds.update(outcome.seconds)
+        # Clients fetch the next global model from the ledger by its hash, as a remote client would.
+        start = time.perf_counter()
+        blob = self.ledger.get_blob(outcome.block.header.model_hash)
+        self.global_state = update_from_bytes(blob, max_bytes=len(blob))
+        seconds["fetch"] = time.perf_counter() - start
+        return outcome, seconds, norms
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the current global model on the held-out test split."""
+        self.model.load_state_dict(self.global_state)
+        return evaluate(self.model, self.data.test, task=self.data.task, device=self.settings.device)
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run every round; return the run's summary (also what ``summary.json`` holds)."""
+        started = time.perf_counter()
+        round_seconds: list[float] = []
+        phase_totals: dict[str, float] = {}
+        rejected_total = 0
+        metrics: dict[str, float] = {}
+        bar = tqdm(range(1, self.settings.rounds + 1), desc="rounds", unit="round", disable=not self.settings.progress)
+        for rnd in bar:
+            round_start = time.perf_counter()
+            outcome, seconds, norms = self.run_round(rnd)
+            if rnd % self.settings.eval_every == 0 or rnd == self.settings.rounds:
+                eval_start = time.perf_counter()
+                metrics = self.evaluate()
+                seconds["eval"] = time.perf_counter() - eval_start
+            elapsed = time.perf_counter() - round_start
+            round_seconds.append(elapsed)
+            for name, value in seconds.items():
+                phase_totals[name] = phase_totals.get(name, 0.0) + value
+            rejected_total += len(outcome.rejected)
+            self._log_round(rnd, outcome, metrics, seconds, elapsed, norms)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in metrics.items() if k != "loss"}, "height": self.ledger.height})
+        bar.close()
+
+        wall = time.perf_counter() - started
+        total_phase = sum(round_seconds) or 1.0
+        summary: dict[str, Any] = {
+            "final_accuracy": metrics.get("accuracy"),
+            "final_loss": metrics.get("loss"),
+            "final_rmse": metrics.get("rmse"),
+            "rounds": self.settings.rounds,
+            "blocks": self.ledger.height + 1,
+            "rejected": rejected_total,
+            "ledger": str(self.ledger.path.resolve()),
+            "head": self.ledger.head.hash,
+            "model_hash": self.ledger.head.header.model_hash,
+            "wall_seconds": wall,
+            "median_round_seconds": statistics.median(round_seconds) if round_seconds else 0.0,
+            "phase_seconds": {k: round(v, 4) for k, v in sorted(phase_totals.items())},
+            "phase_share": {k: round(v / total_phase, 4) for k, v in sorted(phase_totals.items())},
+            "clients": self.settings.clients,
+            "byzantine": sorted(c.index for c in self.clients if c.byzantine),
+        }
+        if self.data.task == "regression":
+            del summary["final_accuracy"]
+        else:
+            del summary["final_rmse"]
+        return summary
+
+    def _log_round(
+        self,
+        rnd: int,
+        outcome: RoundOutcome,
+        metrics: Mapping[str, float],
+        seconds: Mapping[str, float],
+        elapsed: float,
+        norms: Mapping[str, float],
+    ) -> None:
+        if self.writer is None:
+            return
+        scalars = {f"eval/{k}": v for k, v in metrics.items()}
+        scalars.update(
+            {
+                "chain/height": self.ledger.height,
+                "chain/mine_seconds": seconds.get("mine", 0.0),
+                "chain/rejected": len(outcome.rejected),
+                "time/round_seconds": elapsed,
+            }
+        )
+        self.writer.scalars(rnd, scalars)
+        self.writer.update_norms(rnd, norms)
+        self.writer.trust(rnd, {self._labels[c.public_key]: outcome.trust.get(c.public_key, 0.0) for c in self.clients})
