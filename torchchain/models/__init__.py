@@ -1,0 +1,18 @@
+"""Models a client can train; every one is built as ``cls(input_shape=..., num_outputs=..., **options)``.
+
+None of them uses batch normalisation, so a model's whole state is trainable parameters and a
+client's update is fully described by its parameter deltas.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from torchchain.models.cnn import CNN
+from torchchain.models.linear import LinearRegression
+from torchchain.models.mlp import MLP
+
+__all__ = ["CNN", "LinearRegression", "MLP", "MODELS"]
+
+MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "linear": LinearRegression, "mlp": MLP}
+"""Model classes by the name a user types (``model=mlp``)."""
