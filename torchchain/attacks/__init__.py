@@ -1,0 +1,39 @@
+"""Byzantine behaviours of the malicious clients: data poisoning and model poisoning.
+
+Select one by name with :data:`ATTACKS` (the names a configuration uses), or subclass
+:class:`Attack` for a new one.
+"""
+
+from __future__ import annotations
+
+from torchchain.attacks.alie import ALIE
+from torchchain.attacks.backdoor import Backdoor
+from torchchain.attacks.base import Attack
+from torchchain.attacks.gaussian import Gaussian
+from torchchain.attacks.ipm import IPM
+from torchchain.attacks.labelflip import LabelFlip
+from torchchain.attacks.mimic import Mimic
+from torchchain.attacks.minmax import MinMax
+from torchchain.attacks.minsum import MinSum
+from torchchain.attacks.none import NoAttack
+from torchchain.attacks.signflip import SignFlip
+
+__all__ = [
+    "ALIE",
+    "ATTACKS",
+    "Attack",
+    "Backdoor",
+    "Gaussian",
+    "IPM",
+    "LabelFlip",
+    "Mimic",
+    "MinMax",
+    "MinSum",
+    "NoAttack",
+    "SignFlip",
+]
+
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor)
+}
+"""Every built-in attack by the name a configuration selects it with (``attack=alie``)."""

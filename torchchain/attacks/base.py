@@ -1,0 +1,201 @@
+"""The :class:`Attack` base class every Byzantine behaviour subclasses.
+
+An attack is what the malicious clients do differently from honest ones. It can act at two
+points of a round:
+
+* :meth:`Attack.poison_data` runs once on a malicious client's local training data, before
+  training (data poisoning: label flipping, backdoor triggers);
+* :meth:`Attack.poison_update` runs on the flat update the malicious client computed honestly,
+  just before it is signed (model poisoning). Attacks whose class sets ``omniscient = True``
+  also see the honest clients' updates of the same round, the strongest threat model used in
+  the literature.
+
+Attacks know nothing of the ledger or of configuration files: they take and return tensors.
+Every random choice is drawn from the ``torch.Generator`` the caller passes, so one seed gives
+the same attack.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from torchchain.errors import ConfigError
+
+__all__ = ["Attack"]
+
+
+class Attack(ABC):
+    """Model- or data-poisoning behaviour of the malicious clients.
+
+    Subclasses take keyword-only constructor arguments, validate them there (raising
+    :class:`~torchchain.errors.ConfigError`), override :meth:`poison_data` and/or
+    :meth:`poison_update`, and implement :meth:`describe`.
+
+    The runtime calls :meth:`setup` once with the size of the federation before any round; an
+    attack that depends on ``n`` or ``f`` reads them from :attr:`num_clients` and
+    :attr:`num_byzantine`.
+
+    Attributes:
+        name: The name a configuration uses to select the attack (``attack=signflip``).
+        omniscient: ``True`` when :meth:`poison_update` needs the round's honest updates; the
+            runtime then passes them as ``honest``, otherwise ``honest`` is ``None``.
+    """
+
+    name: ClassVar[str] = "attack"
+    omniscient: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._num_clients: int | None = None
+        self._num_byzantine: int | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, *, num_clients: int, num_byzantine: int) -> None:
+        """Record the size of the federation; call once before the first round.
+
+        Args:
+            num_clients: ``n``, the number of clients taking part in a round, malicious included.
+            num_byzantine: ``f``, how many of them are malicious (``0 <= f <= n``; an omniscient
+                attack needs ``f < n`` so that there are honest updates to look at).
+
+        Raises:
+            ConfigError: If the counts are not integers in range, or the attack cannot work
+                with them; the message names the setting to change.
+        """
+        for key, value in (("num_clients", num_clients), ("num_byzantine", num_byzantine)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{self.name} attack: {key} must be an integer, got {value!r}")
+        if num_clients < 1:
+            raise ConfigError(f"{self.name} attack: clients must be at least 1, got {num_clients}")
+        if not 0 <= num_byzantine <= num_clients:
+            raise ConfigError(
+                f"{self.name} attack: byzantine must be between 0 and clients={num_clients}, "
+                f"got {num_byzantine}"
+            )
+        if self.omniscient and num_byzantine == num_clients:
+            raise ConfigError(
+                f"{self.name} attack needs at least one honest client to observe, but all "
+                f"{num_clients} clients are byzantine; lower byzantine or pick a non-omniscient attack"
+            )
+        self._num_clients = num_clients
+        self._num_byzantine = num_byzantine
+
+    @property
+    def num_clients(self) -> int:
+        """``n`` as given to :meth:`setup`; raises ``RuntimeError`` before setup."""
+        if self._num_clients is None:
+            raise RuntimeError(f"{self.name} attack: call setup(num_clients=..., num_byzantine=...) first")
+        return self._num_clients
+
+    @property
+    def num_byzantine(self) -> int:
+        """``f`` as given to :meth:`setup`; raises ``RuntimeError`` before setup."""
+        if self._num_byzantine is None:
+            raise RuntimeError(f"{self.name} attack: call setup(num_clients=..., num_byzantine=...) first")
+        return self._num_byzantine
+
+    # ------------------------------------------------------------------ hooks
+
+    def poison_data(
+        self,
+        features: Tensor,
+        targets: Tensor,
+        *,
+        num_classes: int | None,
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:
+        """Return the training data a malicious client trains on instead of its own.
+
+        Called once on each malicious client's local data before training. The default returns
+        the inputs unchanged. Implementations never modify their inputs in place.
+
+        Args:
+            features: The client's samples, first dimension the sample index.
+            targets: Class indices of shape ``(N,)`` for classification, or regression targets.
+            num_classes: The number of classes, or ``None`` for a regression task.
+            generator: The source of every random choice the attack makes.
+        """
+        return features, targets
+
+    def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Return the update a malicious client sends instead of ``update``.
+
+        The default returns ``update`` itself, unchanged.
+
+        Args:
+            update: Shape ``(d,)``, float64: this malicious client's own honestly-trained delta.
+            honest: Shape ``(k, d)``, float64: the honest clients' deltas of this round, one row
+                per client in a fixed order; passed only when :attr:`omniscient`, else ``None``.
+            generator: The source of every random choice the attack makes; the result is a
+                deterministic function of the inputs and the generator's state.
+
+        Returns:
+            A float64 tensor of shape ``(d,)``.
+        """
+        return update
+
+    # ------------------------------------------------------------------ records
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-able record ``{"name": ..., <constructor arguments>...}`` for logs."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the attack's mutable state (empty: the built-in attacks keep none across rounds)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ConfigError: If ``state`` is not a mapping or holds keys this attack does not keep.
+        """
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"{self.name} attack: state must be a mapping, got {type(state).__name__}")
+        if state:
+            raise ConfigError(
+                f"{self.name} attack keeps no state but the checkpoint holds {sorted(state)}; "
+                "resume with the attack the checkpoint was written with"
+            )
+
+
+def check_update(update: Tensor) -> Tensor:
+    """Return ``update`` as float64 after checking it is a 1-D floating tensor."""
+    if not isinstance(update, Tensor) or update.ndim != 1 or not update.is_floating_point():
+        raise ValueError(f"update must be a 1-D floating tensor, got {_shape_of(update)}")
+    return update.to(torch.float64)
+
+
+def check_honest(attack: Attack, update: Tensor, honest: Tensor | None) -> Tensor:
+    """Return ``honest`` as float64 after checking it is a non-empty ``(k, d)`` matrix matching ``update``."""
+    if honest is None:
+        raise ValueError(f"{attack.name} attack is omniscient: poison_update needs honest=(k, d) updates")
+    if not isinstance(honest, Tensor) or honest.ndim != 2 or not honest.is_floating_point():
+        raise ValueError(f"{attack.name} attack: honest must be a 2-D floating tensor, got {_shape_of(honest)}")
+    if honest.shape[0] == 0:
+        raise ValueError(f"{attack.name} attack: honest holds no update; it needs at least one honest client")
+    if honest.shape[1] != update.shape[0]:
+        raise ValueError(
+            f"{attack.name} attack: honest updates have {honest.shape[1]} coordinates, "
+            f"the malicious update has {update.shape[0]}"
+        )
+    return honest.to(torch.float64)
+
+
+def check_positive(attack_name: str, key: str, value: float) -> float:
+    """Return ``value`` as a float after checking it is finite and strictly positive."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{attack_name} attack: {key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _shape_of(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,63 @@
+"""Min-Max: the furthest push along a direction that stays within the honest updates' diameter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchchain.attacks.base import Attack, check_honest, check_positive, check_update
+from torchchain.attacks.kernels import PERTURBATIONS, min_max_gamma, perturbation_direction
+from torchchain.errors import ConfigError
+
+__all__ = ["MinMax"]
+
+
+class MinMax(Attack):
+    """Send ``mu + gamma * p`` with the largest ``gamma`` whose distance to every honest update stays in range.
+
+    The AGR-agnostic Min-Max attack of Shejwalkar and Houmansadr (2021), "Manipulating the
+    Byzantine: Optimizing Model Poisoning Attacks and Defenses for Federated Learning", NDSS.
+    ``mu`` is the coordinate-wise mean of the round's honest updates and ``p`` the
+    perturbation direction (see :func:`~torchchain.attacks.kernels.perturbation_direction`).
+    ``gamma`` is the largest value the authors' halving search finds with
+
+        ``max_i ||mu + gamma * p - x_i|| <= max_{i,j} ||x_i - x_j||``
+
+    over the honest updates ``x_i``: the malicious update is no further from any honest one
+    than the two most distant honest updates are from each other. The search tries
+    ``gamma`` in ``[0, 2 * gamma_init)``; ``gamma = 0`` (sending ``mu``) always satisfies the
+    constraint. Omniscient: needs the round's honest updates.
+
+    Args:
+        perturbation: ``"unit_vec"`` (``-mu / ||mu||``), ``"std"`` (``-sigma``, coordinate-wise
+            sample standard deviation) or ``"sign"`` (``-sign(mu)``). Default ``"unit_vec"``.
+        gamma_init: The first ``gamma`` tried, > 0. Default ``10.0``, the value in most of the
+            authors' released notebooks (some use 30 or 50); raise it when updates are large
+            enough that the search ends near its upper limit ``2 * gamma_init``.
+        tau: The search stops when two tries are within ``tau``, > 0. Default ``1e-5``, as in
+            the authors' code.
+    """
+
+    name = "minmax"
+    omniscient = True
+
+    def __init__(self, *, perturbation: str = "unit_vec", gamma_init: float = 10.0, tau: float = 1e-5) -> None:
+        super().__init__()
+        if perturbation not in PERTURBATIONS:
+            raise ConfigError(f"minmax attack: perturbation must be one of {list(PERTURBATIONS)}, got {perturbation!r}")
+        self.perturbation = perturbation
+        self.gamma_init = check_positive(self.name, "gamma_init", gamma_init)
+        self.tau = check_positive(self.name, "tau", tau)
+
+    def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Return ``mu + gamma * p`` for the ``gamma`` the search finds (float64)."""
+        honest = check_honest(self, check_update(update), honest)
+        direction = perturbation_direction(honest, self.perturbation)
+        gamma = min_max_gamma(honest, direction, gamma_init=self.gamma_init, tau=self.tau)
+        return honest.mean(dim=0) + gamma * direction
+
+    def describe(self) -> dict[str, Any]:
+        """Return ``{"name": "minmax", "perturbation": ..., "gamma_init": ..., "tau": ...}``."""
+        return {"name": self.name, "perturbation": self.perturbation, "gamma_init": self.gamma_init, "tau": self.tau}
