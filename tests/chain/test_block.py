@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from torchchain.chain.block import (
+    TX_DOMAIN,
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    Transaction,
+    config_hash,
+    make_block,
+    make_genesis,
+    merkle_root,
+    meta_hash,
+)
+from torchchain.chain.crypto import SigningKey, sha256_hex
+from torchchain.chain.encoding import canonical_json
+from torchchain.chain.pow import meets_difficulty
+from torchchain.errors import SerializationError
+
+
+def _tx(key: SigningKey, **changes: Any) -> Transaction:
+    fields: dict[str, Any] = {
+        "client": key.public_key,
+        "round": 1,
+        "base_hash": "a" * 64,
+        "update_hash": "b" * 64,
+        "num_samples": 32,
+        "codec": "none",
+    }
+    fields.update(changes)
+    return Transaction(**fields)
+
+
+# ---------------------------------------------------------------- transactions
+
+
+def test_signing_payload_is_tagged_and_leaves_out_the_signature(keys: list[SigningKey]) -> None:
+    tx = _tx(keys[0])
+    payload = json.loads(tx.signing_payload())
+    assert payload["domain"] == TX_DOMAIN
+    assert "signature" not in payload
+    assert tx.signed(keys[0]).signing_payload() == tx.signing_payload()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("client", "c" * 64),
+        ("round", 2),
+        ("base_hash", "d" * 64),
+        ("update_hash", "e" * 64),
+        ("num_samples", 33),
+        ("codec", "topk"),
+    ],
+)
+def test_signing_payload_changes_with_every_field(keys: list[SigningKey], field: str, value: Any) -> None:
+    tx = _tx(keys[0])
+    changed = dataclasses.replace(tx, **{field: value})
+    assert changed.signing_payload() != tx.signing_payload()
+    # So a signature never carries over to a transaction that differs in any field.
+    assert not dataclasses.replace(tx.signed(keys[0]), **{field: value}).has_valid_signature()
+
+
+def test_signed_transaction_verifies_and_unsigned_does_not(keys: list[SigningKey]) -> None:
+    tx = _tx(keys[0])
+    assert not tx.has_valid_signature()
+    signed = tx.signed(keys[0])
+    assert signed.has_valid_signature()
+    assert len(signed.signature) == 128
+
+
+def test_a_signature_by_another_key_does_not_verify(keys: list[SigningKey]) -> None:
+    tx = _tx(keys[0])
+    forged = dataclasses.replace(tx, signature=keys[1].sign(tx.signing_payload()))
+    assert not forged.has_valid_signature()
+
+
+def test_signed_refuses_a_key_that_is_not_the_client(keys: list[SigningKey]) -> None:
+    with pytest.raises(ValueError, match="cannot sign"):
+        _tx(keys[0]).signed(keys[1])
+
+
+def test_tx_hash_covers_the_signature(keys: list[SigningKey]) -> None:
+    tx = _tx(keys[0])
+    signed = tx.signed(keys[0])
+    assert signed.tx_hash != tx.tx_hash
+    assert signed.tx_hash == sha256_hex(canonical_json(signed.to_dict()))
+
+
+def test_transaction_dict_round_trip(keys: list[SigningKey]) -> None:
+    tx = _tx(keys[0]).signed(keys[0])
+    assert Transaction.from_dict(tx.to_dict()) == tx
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("client", "A" * 64),
+        ("client", "a" * 63),
+        ("round", -1),
+        ("round", True),
+        ("round", 1.0),
+        ("round", "1"),
+        ("round", 2**63),
+        ("base_hash", None),
+        ("num_samples", False),
+        ("codec", ""),
+        ("codec", "has space"),
+        ("codec", "x" * 65),
+        ("codec", 3),
+        ("signature", "0" * 127),
+        ("signature", "G" * 128),
+    ],
+)
+def test_transaction_from_dict_refuses_wrong_types_and_values(
+    keys: list[SigningKey], field: str, value: Any
+) -> None:
+    d = _tx(keys[0]).signed(keys[0]).to_dict()
+    d[field] = value
+    with pytest.raises(SerializationError, match=f"'{field}'"):
+        Transaction.from_dict(d, what="tx 7")
+
+
+def test_transaction_from_dict_refuses_unknown_and_missing_keys(keys: list[SigningKey]) -> None:
+    d = _tx(keys[0]).to_dict()
+    with pytest.raises(SerializationError, match=r"unknown keys \['extra'\]"):
+        Transaction.from_dict({**d, "extra": 1})
+    del d["codec"]
+    with pytest.raises(SerializationError, match=r"missing keys \['codec'\]"):
+        Transaction.from_dict(d)
+    with pytest.raises(SerializationError, match="expected a JSON object"):
+        Transaction.from_dict([1, 2])
+
+
+# ---------------------------------------------------------------- Merkle root
+
+
+def test_merkle_root_matches_hand_computation() -> None:
+    a, b, c = (hashlib.sha256(x).digest() for x in (b"a", b"b", b"c"))
+
+    def h(x: bytes) -> bytes:
+        return hashlib.sha256(x).digest()
+
+    assert merkle_root([]) == hashlib.sha256(b"").hexdigest()
+    assert merkle_root([a.hex()]) == a.hex()
+    assert merkle_root([a.hex(), b.hex()]) == h(a + b).hex()
+    assert merkle_root([a.hex(), b.hex(), c.hex()]) == h(h(a + b) + h(c + c)).hex()
+
+
+def test_merkle_root_depends_on_order() -> None:
+    a, b = sha256_hex(b"a"), sha256_hex(b"b")
+    assert merkle_root([a, b]) != merkle_root([b, a])
+
+
+def test_merkle_root_refuses_a_leaf_that_is_not_a_hash() -> None:
+    with pytest.raises(SerializationError, match="merkle leaf"):
+        merkle_root(["abc"])
+
+
+# ---------------------------------------------------------------- headers and blocks
+
+
+def test_header_hash_is_prefix_then_big_endian_nonce(genesis: Block) -> None:
+    header = genesis.header
+    prefix = header.prefix_bytes()
+    assert b"nonce" not in prefix
+    assert json.loads(prefix) == {k: v for k, v in header.to_dict().items() if k != "nonce"}
+    assert header.hash() == hashlib.sha256(prefix + header.nonce.to_bytes(8, "big")).hexdigest()
+    assert genesis.hash == header.hash()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", 2),
+        ("version", True),
+        ("difficulty", 65),
+        ("difficulty", -1),
+        ("nonce", 2**64),
+        ("nonce", -1),
+        ("height", True),
+        ("time_ms", 1.5),
+        ("prev_hash", "0" * 65),
+        ("miner", "X" * 64),
+    ],
+)
+def test_header_refuses_out_of_range_fields(genesis: Block, field: str, value: Any) -> None:
+    d = genesis.header.to_dict()
+    d[field] = value
+    with pytest.raises(SerializationError, match=f"'{field}'"):
+        BlockHeader.from_dict(d)
+
+
+def test_make_genesis_fills_the_header(genesis: Block, keys: list[SigningKey], miner_key: SigningKey) -> None:
+    header = genesis.header
+    assert (header.version, header.height, header.round, header.prev_hash) == (1, 0, 0, ZERO_HASH)
+    assert genesis.transactions == ()
+    assert genesis.meta["members"] == sorted(k.public_key for k in keys)
+    assert header.config_hash == config_hash(genesis.meta["config"])
+    assert header.meta_hash == meta_hash(genesis.meta)
+    assert header.merkle_root == merkle_root([])
+    assert header.miner == miner_key.public_key
+    assert meets_difficulty(genesis.hash, 8)
+
+
+def test_make_genesis_refuses_repeated_or_malformed_members(keys: list[SigningKey]) -> None:
+    common: dict[str, Any] = {"config": {}, "model_hash": "0" * 64, "miner": "0" * 64, "difficulty": 1, "time_ms": 0}
+    with pytest.raises(SerializationError, match="repeat"):
+        make_genesis(members=[keys[0].public_key] * 2, **common)
+    with pytest.raises(SerializationError, match="members"):
+        make_genesis(members=["nope"], **common)
+    with pytest.raises(SerializationError, match="members"):
+        make_genesis(members=[], **common)
+
+
+def test_make_block_links_and_commits(genesis: Block, keys: list[SigningKey], miner_key: SigningKey) -> None:
+    txs = [
+        Transaction(k.public_key, 1, genesis.hash, sha256_hex(bytes([i])), 5).signed(k) for i, k in enumerate(keys)
+    ]
+    block = make_block(
+        prev=genesis,
+        round=1,
+        transactions=txs,
+        meta={"rejected": [], "trust": {}},
+        model_hash=sha256_hex(b"model-1"),
+        miner=miner_key.public_key,
+        difficulty=8,
+        time_ms=5,
+    )
+    header = block.header
+    assert (header.height, header.round, header.prev_hash) == (1, 1, genesis.hash)
+    assert header.config_hash == genesis.header.config_hash
+    assert header.merkle_root == merkle_root([tx.tx_hash for tx in txs])
+    assert header.meta_hash == meta_hash({"rejected": [], "trust": {}})
+    assert block.transactions == tuple(txs)
+    assert meets_difficulty(block.hash, 8)
+
+
+def test_block_meta_is_a_private_copy(genesis: Block, miner_key: SigningKey) -> None:
+    meta: dict[str, Any] = {"trust": {"x": 1.0}, "pair": (1, 2)}
+    block = make_block(
+        prev=genesis, round=1, transactions=[], meta=meta, model_hash="0" * 64,
+        miner=miner_key.public_key, difficulty=1, time_ms=0,
+    )
+    meta["trust"]["x"] = 0.0
+    assert block.meta == {"trust": {"x": 1.0}, "pair": [1, 2]}
+    assert block.header.meta_hash == meta_hash(block.meta)
+
+
+def test_block_bytes_round_trip(ledger: Any) -> None:
+    for block in ledger.blocks():
+        data = block.to_bytes()
+        assert Block.from_bytes(data) == block
+        assert Block.from_bytes(data).to_bytes() == data
+
+
+def _block_dict(ledger: Any) -> dict[str, Any]:
+    return json.loads(ledger.block(1).to_bytes())
+
+
+def test_from_bytes_refuses_non_canonical_bytes(ledger: Any) -> None:
+    d = _block_dict(ledger)
+    variants = [
+        json.dumps(d, indent=1).encode(),
+        json.dumps({k: d[k] for k in reversed(d)}, separators=(",", ":")).encode(),  # keys not sorted
+        ledger.block(1).to_bytes() + b"\n",
+        b" " + ledger.block(1).to_bytes(),
+        ledger.block(1).to_bytes().replace(b'"trust":{', b'"trust" :{'),
+    ]
+    for data in variants:
+        assert data != ledger.block(1).to_bytes()
+        with pytest.raises(SerializationError, match="canonical|not valid JSON"):
+            Block.from_bytes(data, name="00000001-x.json")
+
+
+def test_from_bytes_refuses_a_float_spelled_another_way(ledger: Any) -> None:
+    data = ledger.block(1).to_bytes()
+    assert b":1.0" in data
+    with pytest.raises(SerializationError, match="canonical"):
+        Block.from_bytes(data.replace(b":1.0", b":1.00", 1))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(extra=1), r"unknown keys \['extra'\]"),
+        (lambda d: d.pop("meta"), r"missing keys \['meta'\]"),
+        (lambda d: d["header"].update(extra=1), r"header: missing keys \[\], unknown keys \['extra'\]"),
+        (lambda d: d["transactions"][1].update(extra=1), r"transactions\[1\]: .*unknown keys \['extra'\]"),
+        (lambda d: d["header"].update(round=True), r"header: .*'round'"),
+        (lambda d: d["header"].update(nonce="1"), r"header: .*'nonce'"),
+        (lambda d: d["transactions"][0].update(num_samples=1.0), r"transactions\[0\]: .*'num_samples'"),
+        (lambda d: d["transactions"][2].update(update_hash="AB" * 32), r"transactions\[2\]: .*'update_hash'"),
+        (lambda d: d.update(transactions={}), "'transactions' must be a JSON array"),
+        (lambda d: d.update(meta=[]), "'meta' must be a JSON object"),
+        (lambda d: d.update(header=[]), "expected a JSON object"),
+    ],
+)
+def test_from_bytes_refuses_wrong_keys_and_types(ledger: Any, edit: Any, message: str) -> None:
+    d = _block_dict(ledger)
+    edit(d)
+    with pytest.raises(SerializationError, match=message) as info:
+        Block.from_bytes(canonical_json(d), name="00000001-x.json")
+    assert str(info.value).startswith("00000001-x.json")
+
+
+def test_from_bytes_checks_the_size_limit(ledger: Any) -> None:
+    data = ledger.block(1).to_bytes()
+    with pytest.raises(SerializationError, match="over the limit"):
+        Block.from_bytes(data, max_bytes=len(data) - 1)

@@ -1,0 +1,48 @@
+"""The ledger: signed transactions, blocks, proof of work and the on-disk chain.
+
+This package deals in bytes, hex hashes and JSON only; it knows nothing of tensors, strategies
+or configuration frameworks. ``block`` defines the records, ``crypto`` the hashes and Ed25519
+signatures, ``pow`` the mining, ``ledger`` the folder a run writes, ``verify`` the audit.
+"""
+
+from __future__ import annotations
+
+from torchchain.chain.block import (
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    Transaction,
+    config_hash,
+    make_block,
+    make_genesis,
+    merkle_root,
+    meta_hash,
+)
+from torchchain.chain.crypto import SigningKey, sha256_hex, verify_signature
+from torchchain.chain.encoding import canonical_json, parse_json_object
+from torchchain.chain.ledger import Ledger
+from torchchain.chain.pow import block_work, meets_difficulty, mine
+from torchchain.chain.verify import VerifyReport, verify_ledger
+
+__all__ = [
+    "ZERO_HASH",
+    "Block",
+    "BlockHeader",
+    "Ledger",
+    "SigningKey",
+    "Transaction",
+    "VerifyReport",
+    "block_work",
+    "canonical_json",
+    "config_hash",
+    "make_block",
+    "make_genesis",
+    "meets_difficulty",
+    "merkle_root",
+    "meta_hash",
+    "mine",
+    "parse_json_object",
+    "sha256_hex",
+    "verify_ledger",
+    "verify_signature",
+]
