@@ -1,0 +1,489 @@
+"""Pure tensor functions behind the aggregation rules.
+
+Every function here takes float64 CPU tensors, changes none of its inputs, and returns the same
+bits on every machine for the same input. That is what lets every node of the ledger recompute a
+block's aggregate and compare model hashes, so the functions keep three rules:
+
+* **Sums run in one fixed order.** torch's ordinary reductions split long sums across threads and
+  SIMD lanes, so their rounding can depend on ``torch.get_num_threads()`` and on the CPU. Every sum
+  here runs in a fixed order: a sequential scan (:func:`torch.cumsum`, which adds in index order
+  on the CPU), or element-wise additions of fixed-size blocks where the vectors are long
+  (:func:`row_sums`).
+* **Sums over clients do not depend on the order of the clients.** The terms of each coordinate
+  are sorted before they are added (:func:`sorted_sum`), so permuting the rows of ``updates``
+  (with their weights) leaves a mean bit-identical.
+* **Ties are broken by content, then by row index.** Among rows with equal scores or
+  distances, selections prefer the lexicographically smaller row, so the selected *values* do not
+  depend on the order of the rows either (a client cannot win ties by choosing a key that sorts
+  first); only exact duplicates are told apart by index, and they give the same values.
+
+Callers should pass updates whose zeros are all ``+0.0`` (``x + 0.0`` does that): ``-0.0`` and
+``+0.0`` compare equal, so a sort could put either first and an order statistic could come back
+with either sign. :class:`~torchchain.strategies.base.Strategy` does this before aggregating.
+"""
+
+from __future__ import annotations
+
+from functools import cmp_to_key
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "clip_factors",
+    "clip_to_norm",
+    "coordinate_median",
+    "coordinate_trimmed_mean",
+    "cosine_similarities",
+    "geometric_median",
+    "krum_scores",
+    "krum_scores_from_distances",
+    "mean_around_median_with_shares",
+    "nearest_rows",
+    "pairwise_sq_distances",
+    "row_norms",
+    "row_sums",
+    "sequential_sum",
+    "smallest_indices",
+    "sorted_sum",
+    "sq_distances_to",
+    "trimmed_mean_with_shares",
+    "weighted_mean",
+]
+
+#: Block length of :func:`row_sums`.
+_BLOCK = 4096
+
+
+# -- sums in a fixed order ------------------------------------------------------------------
+
+
+def sequential_sum(values: Tensor, dim: int = 0) -> Tensor:
+    """Sum along ``dim`` strictly in index order, starting from ``+0.0``.
+
+    Args:
+        values: A float64 tensor.
+        dim: The dimension to sum over.
+
+    Returns:
+        ``values`` summed over ``dim``; zeros where ``dim`` is empty. The order of the additions is
+        fixed, so the result does not depend on the thread count or the CPU's vector width.
+    """
+    if values.shape[dim] == 0:
+        return values.sum(dim=dim)
+    return values.cumsum(dim=dim).select(dim, -1)
+
+
+def sorted_sum(values: Tensor, dim: int = 0) -> Tensor:
+    """Sum along ``dim`` in ascending order of the values.
+
+    The result depends only on the multiset of values along ``dim``, not on their order, which
+    is what makes means over clients independent of how the clients were listed.
+
+    Args:
+        values: A float64 tensor without NaNs.
+        dim: The dimension to sum over.
+
+    Returns:
+        ``values`` summed over ``dim``.
+    """
+    return sequential_sum(torch.sort(values, dim=dim).values, dim=dim)
+
+
+def row_sums(values: Tensor) -> Tensor:
+    """Sum over the last dimension in a fixed blocked order.
+
+    Long rows are cut into blocks of 4096 consecutive coordinates; the blocks are added
+    coordinate by coordinate in block order (the last, shorter block into the first positions),
+    then the 4096 partial sums are added in index order. Both stages have a fixed order, so the
+    bits do not depend on threads or SIMD width, and the rounding error grows with
+    ``d / 4096 + 4096`` terms rather than ``d``.
+
+    Args:
+        values: A float64 tensor of shape ``(..., d)``.
+
+    Returns:
+        A tensor of shape ``(...)``.
+    """
+    d = values.shape[-1]
+    if d <= _BLOCK:
+        return sequential_sum(values, dim=-1)
+    full = d // _BLOCK
+    partial = values[..., :_BLOCK].clone()
+    for block in range(1, full):
+        partial += values[..., block * _BLOCK : (block + 1) * _BLOCK]
+    tail = values[..., full * _BLOCK :]
+    partial[..., : tail.shape[-1]] += tail
+    return sequential_sum(partial, dim=-1)
+
+
+# -- means ----------------------------------------------------------------------------------
+
+
+def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
+    """Mean of the rows of ``updates`` weighted by ``weights``.
+
+    The weights are normalised first (``c_i = w_i / sum_j w_j``) and the result is
+    ``sum_i c_i * updates[i]``, so a row holding all the weight comes back exactly, and the
+    coefficients a caller reports as trust are the ones that were applied.
+
+    Args:
+        updates: ``(n, d)`` float64, ``n >= 1``.
+        weights: ``(n,)`` float64, non-negative, with a positive sum.
+
+    Returns:
+        ``(d,)`` float64. Permuting the rows together with their weights gives the same bits.
+
+    Raises:
+        ValueError: If the shapes disagree or the weights are negative or sum to zero.
+    """
+    _check_matrix(updates)
+    if weights.shape != (updates.shape[0],):
+        raise ValueError(f"weights must have shape ({updates.shape[0]},) to match updates, got {tuple(weights.shape)}")
+    if bool((weights < 0).any()):
+        raise ValueError("weights must be non-negative")
+    total = sorted_sum(weights)
+    if not total > 0:
+        raise ValueError("weights must have a positive sum")
+    return sorted_sum(updates * (weights / total)[:, None])
+
+
+def trimmed_mean_with_shares(updates: Tensor, trim: int) -> tuple[Tensor, Tensor]:
+    """Coordinate-wise trimmed mean, and how much each row contributed to it.
+
+    For every coordinate the ``trim`` largest and ``trim`` smallest values are dropped and the
+    remaining ``n - 2 * trim`` are averaged (Yin et al., 2018, "Byzantine-Robust Distributed
+    Learning: Towards Optimal Statistical Rates").
+
+    Args:
+        updates: ``(n, d)`` float64.
+        trim: Values dropped at each end, ``0 <= trim`` and ``2 * trim < n``.
+
+    Returns:
+        ``(mean, shares)``: the ``(d,)`` trimmed mean, and an ``(n,)`` vector whose entry ``i`` is
+        the fraction of the kept (coordinate, value) slots that row ``i`` filled; it sums to 1.
+        Among equal values, the row with the smaller index counts as the smaller value.
+
+    Raises:
+        ValueError: If ``trim`` is out of range.
+    """
+    _check_matrix(updates)
+    n, d = updates.shape
+    if trim < 0 or 2 * trim >= n:
+        raise ValueError(f"trim must satisfy 0 <= trim and 2*trim < n, got trim={trim}, n={n}")
+    values, rows = torch.sort(updates, dim=0, stable=True)
+    kept = n - 2 * trim
+    mean = sequential_sum(values[trim : n - trim], dim=0) / kept
+    counts = torch.bincount(rows[trim : n - trim].reshape(-1), minlength=n)
+    return mean, counts.to(torch.float64) / (kept * d)
+
+
+def coordinate_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
+    """Coordinate-wise trimmed mean; see :func:`trimmed_mean_with_shares`.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        trim: Values dropped at each end of every coordinate, ``2 * trim < n``.
+
+    Returns:
+        ``(d,)`` float64.
+    """
+    return trimmed_mean_with_shares(updates, trim)[0]
+
+
+def coordinate_median(updates: Tensor) -> Tensor:
+    """Coordinate-wise median; for even ``n`` the mean of the two middle values.
+
+    (``torch.median`` returns the lower of the two middle values instead, which biases it.)
+
+    Args:
+        updates: ``(n, d)`` float64.
+
+    Returns:
+        ``(d,)`` float64.
+    """
+    _check_matrix(updates)
+    return coordinate_trimmed_mean(updates, (updates.shape[0] - 1) // 2)
+
+
+def mean_around_median_with_shares(updates: Tensor, beta: int) -> tuple[Tensor, Tensor]:
+    """Per coordinate, the mean of the ``beta`` values closest to the coordinate's median.
+
+    This is the second stage of Bulyan (El Mhamdi et al., 2018, "The Hidden Vulnerability of
+    Distributed Learning in Byzantium"). The median is :func:`coordinate_median`'s. Among values
+    equally far from the median, the smaller value is kept first.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        beta: Values kept per coordinate, ``1 <= beta <= n``.
+
+    Returns:
+        ``(mean, shares)``: the ``(d,)`` mean, and an ``(n,)`` vector with the fraction of the kept
+        (coordinate, value) slots each row filled; it sums to 1.
+
+    Raises:
+        ValueError: If ``beta`` is out of range.
+    """
+    _check_matrix(updates)
+    n, d = updates.shape
+    if not 1 <= beta <= n:
+        raise ValueError(f"beta must satisfy 1 <= beta <= n, got beta={beta}, n={n}")
+    values, rows = torch.sort(updates, dim=0, stable=True)
+    median = (values[(n - 1) // 2] + values[n // 2]) / 2
+    closest = torch.sort((values - median).abs(), dim=0, stable=True).indices[:beta]
+    # Positions in ascending value order, so the kept values are summed smallest first.
+    positions = torch.sort(closest, dim=0).values
+    mean = sequential_sum(values.gather(0, positions), dim=0) / beta
+    counts = torch.bincount(rows.gather(0, positions).reshape(-1), minlength=n)
+    return mean, counts.to(torch.float64) / (beta * d)
+
+
+# -- distances and selections ---------------------------------------------------------------
+
+
+def sq_distances_to(updates: Tensor, center: Tensor) -> Tensor:
+    """Squared L2 distance of every row to ``center``, from explicit differences.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        center: ``(d,)`` float64.
+
+    Returns:
+        ``(n,)`` float64; exactly 0 for a row equal to ``center``.
+    """
+    _check_matrix(updates)
+    if center.shape != updates.shape[1:]:
+        raise ValueError(f"center must have shape ({updates.shape[1]},), got {tuple(center.shape)}")
+    diff = updates - center
+    return row_sums(diff * diff)
+
+
+def row_norms(vectors: Tensor) -> Tensor:
+    """L2 norm of every row.
+
+    Args:
+        vectors: ``(n, d)`` float64.
+
+    Returns:
+        ``(n,)`` float64.
+    """
+    return row_sums(vectors * vectors).sqrt()
+
+
+def pairwise_sq_distances(updates: Tensor) -> Tensor:
+    """Squared L2 distances between all pairs of rows.
+
+    Each distance is computed from the explicit difference of the two rows (the expansion
+    ``|a|^2 + |b|^2 - 2<a, b>`` cancels catastrophically for nearby rows and relies on BLAS,
+    whose summation order varies), once per pair, so the matrix is exactly symmetric with an
+    exactly zero diagonal.
+
+    Args:
+        updates: ``(n, d)`` float64.
+
+    Returns:
+        ``(n, n)`` float64.
+    """
+    _check_matrix(updates)
+    n = updates.shape[0]
+    distances = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n - 1):
+        diff = updates[i + 1 :] - updates[i]
+        row = row_sums(diff * diff)
+        distances[i, i + 1 :] = row
+        distances[i + 1 :, i] = row
+    return distances
+
+
+def smallest_indices(values: Tensor, k: int, *, rows: Tensor | None = None) -> Tensor:
+    """Indices of the ``k`` smallest entries of a vector, smallest first.
+
+    Args:
+        values: ``(n,)`` float64.
+        k: How many indices to return, ``0 <= k <= n``.
+        rows: Optional ``(n, d)`` rows the values belong to. Given, equal values are ordered by
+            their rows lexicographically (then by index); without it, by index.
+
+    Returns:
+        ``(k,)`` int64.
+    """
+    n = values.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k must satisfy 0 <= k <= {n}, got {k}")
+    order = torch.sort(values, stable=True).indices.tolist()
+    if rows is not None:
+        if rows.shape[0] != n:
+            raise ValueError(f"rows must have {n} rows to match values, got {rows.shape[0]}")
+        order = _order_ties_by_rows(order, values.tolist(), rows, k)
+    return torch.tensor(order[:k], dtype=torch.int64)
+
+
+def _order_ties_by_rows(order: list[int], values: list[float], rows: Tensor, k: int) -> list[int]:
+    """Reorder each run of equal values in ``order`` (that reaches the first ``k``) by row content."""
+
+    def compare(a: int, b: int) -> int:
+        differ = (rows[a] != rows[b]).nonzero()
+        if differ.shape[0] == 0:
+            return -1 if a < b else 1
+        j = int(differ[0, 0])
+        return -1 if bool(rows[a, j] < rows[b, j]) else 1
+
+    start = 0
+    while start < min(k, len(order)):
+        stop = start + 1
+        while stop < len(order) and values[order[stop]] == values[order[start]]:
+            stop += 1
+        if stop - start > 1:
+            order[start:stop] = sorted(order[start:stop], key=cmp_to_key(compare))
+        start = stop
+    return order
+
+
+def nearest_rows(updates: Tensor, center: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` rows nearest in L2 to ``center``, nearest first.
+
+    Among rows equally far, the lexicographically smaller row comes first (then the lower index).
+
+    Args:
+        updates: ``(n, d)`` float64.
+        center: ``(d,)`` float64.
+        k: How many rows, ``0 <= k <= n``.
+
+    Returns:
+        ``(k,)`` int64.
+    """
+    return smallest_indices(sq_distances_to(updates, center), k, rows=updates)
+
+
+def krum_scores_from_distances(sq_distances: Tensor, f: int) -> Tensor:
+    """Krum scores from a matrix of squared distances.
+
+    The score of row ``i`` is the sum of its squared distances to its ``n - f - 2`` nearest other
+    rows (Blanchard et al., 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
+    Descent"). When ``n - f - 2 < 0`` (fewer than ``f + 2`` rows) no neighbours count and every
+    score is 0.
+
+    Args:
+        sq_distances: ``(n, n)`` float64, symmetric, as from :func:`pairwise_sq_distances`.
+        f: The number of Byzantine rows assumed, ``f >= 0``.
+
+    Returns:
+        ``(n,)`` float64; lower is better. Each score is a sum in ascending order, so it does not
+        depend on the order of the rows.
+    """
+    if f < 0:
+        raise ValueError(f"f must be non-negative, got {f}")
+    n = sq_distances.shape[0]
+    neighbours = max(n - f - 2, 0)
+    others = sq_distances.clone()
+    others.fill_diagonal_(float("inf"))
+    nearest = torch.sort(others, dim=1).values[:, :neighbours]
+    return sequential_sum(nearest, dim=1)
+
+
+def krum_scores(updates: Tensor, f: int) -> Tensor:
+    """Krum scores of the rows of ``updates``; see :func:`krum_scores_from_distances`.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        f: The number of Byzantine rows assumed.
+
+    Returns:
+        ``(n,)`` float64; lower is better.
+    """
+    return krum_scores_from_distances(pairwise_sq_distances(updates), f)
+
+
+# -- robust centres and clipping ------------------------------------------------------------
+
+
+def geometric_median(
+    updates: Tensor, weights: Tensor, *, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-7
+) -> tuple[Tensor, Tensor]:
+    """Weighted geometric median by the smoothed Weiszfeld algorithm.
+
+    Approximately minimises ``g(z) = sum_i w_i * |z - x_i|`` (Pillutla et al., 2022, "Robust
+    Aggregation for Federated Learning"). Starting from the weighted mean, each step sets
+    ``c_i = w_i / max(nu, |z - x_i|)`` and ``z = sum_i c_i x_i / sum_i c_i``; it stops after
+    ``max_iter`` steps or when ``|g(z_old) - g(z_new)| <= tol * g(z_old)``.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        weights: ``(n,)`` float64, non-negative, positive sum.
+        nu: Smoothing: distances below ``nu`` count as ``nu``, so a point sitting on a row does
+            not divide by zero.
+        max_iter: The most Weiszfeld steps.
+        tol: Relative change of ``g`` at which to stop.
+
+    Returns:
+        ``(point, coefficients)``: the ``(d,)`` estimate, and the ``(n,)`` normalised coefficients
+        of the last step, so that ``point == weighted_mean(updates, coefficients)`` exactly.
+    """
+    if not nu > 0:
+        raise ValueError(f"nu must be positive, got {nu}")
+    coefficients = weights / sorted_sum(weights)
+    point = weighted_mean(updates, weights)
+    objective = sorted_sum(weights * row_norms(updates - point))
+    for _ in range(max_iter):
+        step = weights / row_norms(updates - point).clamp_min(nu)
+        coefficients = step / sorted_sum(step)
+        point = weighted_mean(updates, coefficients)
+        new_objective = sorted_sum(weights * row_norms(updates - point))
+        converged = bool(abs(objective - new_objective) <= tol * objective)
+        objective = new_objective
+        if converged:
+            break
+    return point, coefficients
+
+
+def clip_factors(vectors: Tensor, c: float) -> Tensor:
+    """The factor ``min(1, c / |v|)`` that clips each row to L2 norm at most ``c``.
+
+    Args:
+        vectors: ``(n, d)`` float64.
+        c: The largest norm kept, ``c > 0``.
+
+    Returns:
+        ``(n,)`` float64 in ``(0, 1]``; 1 for rows already within ``c`` (zero rows included).
+    """
+    if not c > 0:
+        raise ValueError(f"the clipping norm c must be positive, got {c}")
+    norms = row_norms(vectors)
+    return torch.where(norms > c, c / norms, torch.ones_like(norms))
+
+
+def clip_to_norm(vectors: Tensor, c: float) -> Tensor:
+    """Rows with L2 norm above ``c`` rescaled to norm ``c``; the others unchanged.
+
+    Args:
+        vectors: ``(n, d)`` float64.
+        c: The largest norm kept, ``c > 0``.
+
+    Returns:
+        A new ``(n, d)`` tensor.
+    """
+    return vectors * clip_factors(vectors, c)[:, None]
+
+
+def cosine_similarities(updates: Tensor, reference: Tensor) -> Tensor:
+    """Cosine similarity of every row with ``reference``; 0 where either vector is zero.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        reference: ``(d,)`` float64.
+
+    Returns:
+        ``(n,)`` float64 in ``[-1, 1]`` (up to rounding).
+    """
+    _check_matrix(updates)
+    if reference.shape != updates.shape[1:]:
+        raise ValueError(f"reference must have shape ({updates.shape[1]},), got {tuple(reference.shape)}")
+    dots = row_sums(updates * reference)
+    norms = row_norms(updates) * row_norms(reference[None, :])[0]
+    positive = norms > 0
+    return torch.where(positive, dots / torch.where(positive, norms, torch.ones_like(norms)), torch.zeros_like(dots))
+
+
+def _check_matrix(updates: Tensor) -> None:
+    if updates.ndim != 2 or updates.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (n, d) matrix of updates, got shape {tuple(updates.shape)}")
