@@ -159,8 +159,7 @@ class Simulation:
             difficulty=settings.difficulty,
             time_ms=int(time.time() * 1000),
         )
-        self.ledger = Ledger.create(self.run_dir / "ledger", genesis)
-        self.ledger.put_blob(model_bytes)
+        self.ledger = Ledger.create(self.run_dir / "ledger", genesis, blobs=[model_bytes])
         self.node = Node(
             ledger=self.ledger,
             strategy=strategy,
@@ -228,9 +227,16 @@ class Simulation:
         return outcome, seconds, norms
 
     def evaluate(self) -> dict[str, float]:
-        """Evaluate the current global model on the held-out test split."""
+        """Evaluate the current global model on the held-out test split.
+
+        For regression, ``rmse`` is in the target's original units (the model is trained on
+        standardised targets); ``loss`` stays the mean squared error on the standardised scale.
+        """
         self.model.load_state_dict(self.global_state)
-        return evaluate(self.model, self.data.test, task=self.data.task, device=self.settings.device)
+        metrics = evaluate(self.model, self.data.test, task=self.data.task, device=self.settings.device)
+        if "rmse" in metrics:
+            metrics["rmse"] *= self.data.target_scale
+        return metrics
 
     # -- the whole run ---------------------------------------------------------------------
 

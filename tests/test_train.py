@@ -1,0 +1,84 @@
+"""End to end: train on digits, check accuracy, the ledger, the summary and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from torchchain.chain.verify import verify_ledger
+from torchchain.cli import main as cli_main
+from torchchain.experiment import run
+
+from composing import FAST, compose_config
+
+SUMMARY_KEYS = {"final_accuracy", "final_loss", "rounds", "blocks", "rejected", "ledger", "wall_seconds", "median_round_seconds"}
+
+
+@pytest.fixture(scope="module")
+def honest_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("honest")
+    summary = run(compose_config(["rounds=8", *FAST]), run_dir)
+    return run_dir, summary
+
+
+def test_training_learns_digits(honest_run):
+    _, summary = honest_run
+    assert summary["final_accuracy"] >= 0.85
+    assert summary["rounds"] == 8 and summary["blocks"] == 9 and summary["rejected"] == 0
+
+
+def test_summary_json_has_the_documented_keys(honest_run):
+    run_dir, summary = honest_run
+    written = json.loads((run_dir / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(written)
+    assert written["ledger"] == summary["ledger"]
+
+
+def test_ledger_verifies_and_cli_says_so(honest_run, capsys):
+    run_dir, _ = honest_run
+    report = verify_ledger(run_dir / "ledger")
+    assert report.height == 8 and report.transactions == 8 * 5
+    assert cli_main(["verify", str(run_dir / "ledger")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_tensorboard_holds_the_documented_tags(honest_run):
+    run_dir, _ = honest_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("eval/accuracy", "eval/loss", "time/round_seconds", "chain/mine_seconds", "chain/height", "chain/rejected"):
+        assert tag in scalars, tag
+    assert "clients/update_norm" in events.Tags()["histograms"]
+    assert any(t.startswith("clients/update_norm/client_00_") for t in scalars)
+    assert any(t.startswith("clients/trusted/") for t in scalars)
+    assert len(events.Scalars("eval/accuracy")) == 8
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_same_seed_gives_the_same_models(tmp_path, honest_run):
+    _, first = honest_run
+    again = run(compose_config(["rounds=8", *FAST]), tmp_path)
+    assert again["model_hash"] == first["model_hash"]
+
+
+def test_signflip_is_held_by_median_but_hurts_fedavg(tmp_path):
+    common = ["clients=5", "attack=signflip", "attack.scale=5", "rounds=8", *FAST]
+    robust = run(compose_config(common), tmp_path / "median")
+    naive = run(compose_config([*common, "strategy=fedavg"]), tmp_path / "fedavg")
+    assert robust["final_accuracy"] >= 0.85
+    assert naive["final_accuracy"] < robust["final_accuracy"] - 0.3
+
+
+def test_regression_logs_rmse(tmp_path):
+    summary = run(compose_config(["experiment=regression", "rounds=5", *FAST]), tmp_path)
+    assert "final_accuracy" not in summary
+    from torchchain.data import load_diabetes
+
+    # RMSE is in the target's units; always predicting the training mean scores about its std.
+    assert 0 < summary["final_rmse"] < 0.85 * load_diabetes().target_scale
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "eval/rmse" in events.Tags()["scalars"]
