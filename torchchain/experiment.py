@@ -150,11 +150,15 @@ def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: st
     )
 
 
-def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
-    """The part of the config that determines the computation, as plain JSON for the genesis block."""
+def _recorded_config(cfg: DictConfig, *, byzantine: int) -> dict[str, Any]:
+    """The part of the config that determines the computation, as plain JSON for the genesis block.
+
+    ``byzantine`` is recorded as the resolved count, so an auditor needs no defaults to know it.
+    """
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     recorded = {k: v for k, v in container.items() if k not in _NOT_RECORDED}
+    recorded["byzantine"] = byzantine
     json.dumps(recorded, allow_nan=False)  # fail here, not inside the ledger, on a non-JSON value
     return recorded
 
@@ -211,7 +215,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             attack=attack,
             settings=settings,
             run_dir=run_dir,
-            config=_recorded_config(cfg),
+            config=_recorded_config(cfg, byzantine=byzantine),
             writer=writer,
         )
         summary = sim.run()

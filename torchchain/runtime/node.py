@@ -21,7 +21,7 @@ from torchchain.strategies.base import Strategy
 from torchchain.updates.delta import apply_delta, flatten, float_keys, unflatten
 from torchchain.updates.serialize import update_from_bytes, update_to_bytes
 
-__all__ = ["Node", "RoundOutcome", "Submission"]
+__all__ = ["Node", "RoundOutcome", "Submission", "aggregate_round"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,41 @@ class RoundOutcome:
     rejected: list[dict[str, str]]
     trust: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def aggregate_round(
+    strategy: Strategy,
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[tuple[Transaction, Mapping[str, torch.Tensor]]],
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Apply the strategy's aggregate of ``updates`` to ``global_state``: the model of the next block.
+
+    This is the one definition of a round's aggregation, shared by the mining node and by an
+    auditor replaying the ledger, so both compute bit-identical models (DESIGN.md invariant 3):
+    updates are taken in order of client key, flattened to float64, aggregated on CPU and added
+    to the model in float64.
+
+    Args:
+        strategy: The aggregation strategy (already ``setup``).
+        global_state: The model the round started from.
+        updates: Accepted (transaction, tensors) pairs, in any order.
+        generator: Randomness for strategies that use it, seeded per round.
+
+    Returns:
+        The new model state and the weight the strategy gave each client, by public key.
+    """
+    if not updates:
+        return {k: v.detach().cpu().clone() for k, v in global_state.items()}, {}
+    ordered = sorted(updates, key=lambda pair: pair[0].client)
+    template = {k: global_state[k] for k in float_keys(global_state)}
+    stacked = torch.stack([flatten(tensors) for _, tensors in ordered])
+    weights = torch.tensor([float(tx.num_samples) for tx, _ in ordered], dtype=torch.float64)
+    result = strategy(stacked, weights, generator=generator)
+    state = apply_delta(global_state, unflatten(result.update, template, dtype=torch.float64))
+    trust = {tx.client: float(w) for (tx, _), w in zip(ordered, result.trust.tolist())}
+    return state, trust
 
 
 class Node:
@@ -170,16 +205,9 @@ class Node:
         start = time.perf_counter()
         clients = sorted(valid)  # deterministic aggregation order: by client key
         accepted = [valid[c][0].transaction for c in clients]
-        trust: dict[str, float] = {}
-        if clients:
-            updates = torch.stack([flatten(valid[c][1]) for c in clients])
-            weights = torch.tensor([float(valid[c][0].transaction.num_samples) for c in clients], dtype=torch.float64)
-            result = self.strategy(updates, weights, generator=generator)
-            delta = unflatten(result.update, template, dtype=torch.float64)
-            state = apply_delta(global_state, delta)
-            trust = {c: float(w) for c, w in zip(clients, result.trust.tolist())}
-        else:
-            state = {k: v.detach().cpu().clone() for k, v in global_state.items()}
+        state, trust = aggregate_round(
+            self.strategy, global_state, [(valid[c][0].transaction, valid[c][1]) for c in clients], generator=generator
+        )
         model_bytes = update_to_bytes(state)
         seconds["aggregate"] = time.perf_counter() - start
 
