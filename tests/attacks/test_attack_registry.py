@@ -11,7 +11,9 @@ import torchchain.attacks as attacks
 from torchchain.attacks import ALIE, ATTACKS, Attack, Mimic, SignFlip
 from torchchain.errors import ConfigError
 
-CONFIG_NAMES = ["alie", "backdoor", "gaussian", "ipm", "labelflip", "mimic", "minmax", "minsum", "none", "signflip"]
+CONFIG_NAMES = [
+    "alie", "backdoor", "gaussian", "ipm", "labelflip", "mimic", "minmax", "minsum", "none", "replay", "signflip", "sybil",
+]
 
 
 def test_registry_maps_every_config_name_to_its_class() -> None:

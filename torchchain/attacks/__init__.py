@@ -16,7 +16,9 @@ from torchchain.attacks.mimic import Mimic
 from torchchain.attacks.minmax import MinMax
 from torchchain.attacks.minsum import MinSum
 from torchchain.attacks.none import NoAttack
+from torchchain.attacks.replay import Replay
 from torchchain.attacks.signflip import SignFlip
+from torchchain.attacks.sybil import Sybil
 
 __all__ = [
     "ALIE",
@@ -30,10 +32,12 @@ __all__ = [
     "MinMax",
     "MinSum",
     "NoAttack",
+    "Replay",
     "SignFlip",
+    "Sybil",
 ]
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor)
+    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil)
 }
 """Every built-in attack by the name a configuration selects it with (``attack=alie``)."""

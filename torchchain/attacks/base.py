@@ -45,10 +45,15 @@ class Attack(ABC):
         name: The name a configuration uses to select the attack (``attack=signflip``).
         omniscient: ``True`` when :meth:`poison_update` needs the round's honest updates; the
             runtime then passes them as ``honest``, otherwise ``honest`` is ``None``.
+        forges_transactions: ``True`` when the attack targets the ledger (forged, replayed or
+            Sybil transactions) rather than the tensors.
     """
 
     name: ClassVar[str] = "attack"
     omniscient: ClassVar[bool] = False
+    #: ``True`` for attacks on the chain itself (replay, Sybil): the runtime then builds the
+    #: malicious clients' transactions itself and never calls :meth:`poison_update`.
+    forges_transactions: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._num_clients: int | None = None

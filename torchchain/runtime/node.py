@@ -60,6 +60,7 @@ def aggregate_round(
     updates: Sequence[tuple[Transaction, Mapping[str, torch.Tensor]]],
     *,
     generator: torch.Generator | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Apply the strategy's aggregate of ``updates`` to ``global_state``: the model of the next block.
 
@@ -73,6 +74,8 @@ def aggregate_round(
         global_state: The model the round started from.
         updates: Accepted (transaction, tensors) pairs, in any order.
         generator: Randomness for strategies that use it, seeded per round.
+        reference: The server's own update on its clean root set, for strategies with
+            ``requires_reference`` (FLTrust); recorded in the block so the round can be replayed.
 
     Returns:
         The new model state and the weight the strategy gave each client, by public key.
@@ -83,6 +86,10 @@ def aggregate_round(
     template = {k: global_state[k] for k in float_keys(global_state)}
     stacked = torch.stack([flatten(tensors) for _, tensors in ordered])
     weights = torch.tensor([float(tx.num_samples) for tx, _ in ordered], dtype=torch.float64)
+    if strategy.requires_reference:
+        if reference is None:
+            raise ValueError(f"{type(strategy).__name__} needs the server's reference update, and none was given")
+        strategy.set_reference(flatten(reference))
     result = strategy(stacked, weights, generator=generator)
     state = apply_delta(global_state, unflatten(result.update, template, dtype=torch.float64))
     trust = {tx.client: float(w) for (tx, _), w in zip(ordered, result.trust.tolist())}
@@ -171,6 +178,7 @@ class Node:
         global_state: Mapping[str, torch.Tensor],
         *,
         generator: torch.Generator | None = None,
+        reference: Mapping[str, torch.Tensor] | None = None,
         time_ms: int | None = None,
     ) -> RoundOutcome:
         """Validate, aggregate, mine and append the block of ``round``.
@@ -181,6 +189,8 @@ class Node:
             global_state: The global model the round started from (the head block's model).
             generator: Randomness for strategies that use it (bucketing); seed it per round so
                 that a validator can repeat the aggregation.
+            reference: The node's own update on its root set, for FLTrust-like strategies; its
+                bytes are stored as a blob and its hash recorded as the block's ``reference``.
             time_ms: The block's timestamp; now when ``None``.
         """
         seconds: dict[str, float] = {}
@@ -193,9 +203,9 @@ class Node:
         for sub in submissions:
             tx = sub.transaction
             try:
+                tensors = self.validate(sub, round=round, base_hash=head.hash, template=template)
                 if tx.client in valid:
                     raise RejectedUpdate("duplicate", f"client {tx.client[:12]}… already submitted an update this round")
-                tensors = self.validate(sub, round=round, base_hash=head.hash, template=template)
             except RejectedUpdate as exc:
                 rejected.append({"client": tx.client, "update_hash": tx.update_hash, "code": exc.code, "reason": exc.reason})
                 continue
@@ -206,13 +216,21 @@ class Node:
         clients = sorted(valid)  # deterministic aggregation order: by client key
         accepted = [valid[c][0].transaction for c in clients]
         state, trust = aggregate_round(
-            self.strategy, global_state, [(valid[c][0].transaction, valid[c][1]) for c in clients], generator=generator
+            self.strategy,
+            global_state,
+            [(valid[c][0].transaction, valid[c][1]) for c in clients],
+            generator=generator,
+            reference=reference,
         )
         model_bytes = update_to_bytes(state)
         seconds["aggregate"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        meta = {"rejected": rejected, "trust": trust}
+        meta: dict[str, object] = {"rejected": rejected, "trust": trust}
+        reference_bytes = None
+        if reference is not None:
+            reference_bytes = update_to_bytes(reference)
+            meta["reference"] = sha256_hex(reference_bytes)
         block = make_block(
             prev=head,
             round=round,
@@ -229,6 +247,8 @@ class Node:
         for c in clients:
             self.ledger.put_blob(valid[c][0].payload)
         self.ledger.put_blob(model_bytes)
+        if reference_bytes is not None:
+            self.ledger.put_blob(reference_bytes)
         self.ledger.append(block)
         seconds["write"] = time.perf_counter() - start
         return RoundOutcome(block=block, state=state, accepted=accepted, rejected=rejected, trust=trust, seconds=seconds)

@@ -21,12 +21,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from torchchain.attacks.backdoor import Backdoor
 from torchchain.attacks.base import Attack
+from torchchain.attacks.replay import Replay
+from torchchain.attacks.sybil import Sybil
 from torchchain.chain.block import make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger
 from torchchain.data import DataSplit, TaskData
 from torchchain.data.partition import partition
+from torchchain.errors import ConfigError
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
 from torchchain.runtime.node import Node, RoundOutcome, Submission
 from torchchain.strategies.base import Strategy
@@ -124,14 +128,30 @@ class Simulation:
         strategy.setup(num_clients=n, num_byzantine=f)
         attack.setup(num_clients=n, num_byzantine=f)
 
-        parts = partition(
-            settings.partition,
-            data.train.targets,
-            n,
-            seed=settings.seed,
-            alpha=settings.alpha,
-            shards_per_client=settings.shards_per_client,
-        )
+        # FLTrust-like strategies: the node keeps a small clean root set, cut before partitioning.
+        pool = torch.arange(len(data.train))
+        self.root: DataSplit | None = None
+        if strategy.requires_reference:
+            root_samples = int(getattr(strategy, "root_samples"))
+            if not 0 < root_samples < len(data.train) - n:
+                raise ConfigError(
+                    f"strategy.root_samples={root_samples} must lie between 1 and {len(data.train) - n - 1} "
+                    f"(the {len(data.train)} training samples minus one per client)"
+                )
+            pool = torch.randperm(len(data.train), generator=derive_generator(settings.seed, "root"))
+            self.root = data.train.subset(pool[:root_samples].sort().values)
+            pool = pool[root_samples:].sort().values
+        parts = [
+            pool[idx]
+            for idx in partition(
+                settings.partition,
+                data.train.targets[pool],
+                n,
+                seed=settings.seed,
+                alpha=settings.alpha,
+                shards_per_client=settings.shards_per_client,
+            )
+        ]
         malicious = set(torch.randperm(n, generator=derive_generator(settings.seed, "byzantine"))[:f].tolist())
         self.clients: list[Client] = []
         for i, idx in enumerate(parts):
@@ -171,26 +191,63 @@ class Simulation:
 
     # -- one round -------------------------------------------------------------------------
 
+    def _train_delta(
+        self, data: DataSplit, generator: torch.Generator, momentum_buffers: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """Train a copy of the global model on ``data``; return the delta against the global model."""
+        self.model.load_state_dict(self.global_state)
+        train_local(
+            self.model,
+            data,
+            self.settings.training,
+            device=self.settings.device,
+            generator=generator,
+            momentum_buffers=momentum_buffers,
+        )
+        return compute_delta(self.model.state_dict(), self.global_state)
+
     def _local_updates(self, round: int, seconds: dict[str, float]) -> dict[int, dict[str, torch.Tensor]]:
         """Every client trains from the global model; returns each one's honest delta."""
         start = time.perf_counter()
-        deltas = {}
-        for client in self.clients:
-            self.model.load_state_dict(self.global_state)
-            train_local(
-                self.model,
-                client.data,
-                self.settings.training,
-                device=self.settings.device,
-                generator=derive_generator(self.settings.seed, "train", round, client.index),
-                momentum_buffers=client.momentum_buffers,
+        deltas = {
+            c.index: self._train_delta(
+                c.data, derive_generator(self.settings.seed, "train", round, c.index), c.momentum_buffers
             )
-            deltas[client.index] = compute_delta(self.model.state_dict(), self.global_state)
+            for c in self.clients
+        }
         seconds["train"] = time.perf_counter() - start
         return deltas
 
+    def _forged_submissions(
+        self, round: int, base_hash: str, deltas: Mapping[int, Mapping[str, torch.Tensor]]
+    ) -> list[Submission]:
+        """What the malicious clients send under an attack on the chain itself (replay, Sybil).
+
+        Replay: each one resends an honest client's transaction of the previous block, with its
+        public update bytes. Sybil: each one signs sign-flipped updates with fresh keys that no
+        genesis block lists. The miner must reject all of them.
+        """
+        forged: list[Submission] = []
+        malicious = [c for c in self.clients if c.byzantine]
+        if isinstance(self.attack, Replay):
+            earlier = self.ledger.head.transactions if self.ledger.height >= 1 else ()
+            for i, client in enumerate(malicious):
+                if earlier:
+                    tx = earlier[(client.index + i) % len(earlier)]
+                    forged.append(Submission(transaction=tx, payload=self.ledger.get_blob(tx.update_hash)))
+        elif isinstance(self.attack, Sybil):
+            for client in malicious:
+                flipped = {k: -self.attack.scale * v for k, v in deltas[client.index].items()}
+                for k in range(self.attack.identities):
+                    key = SigningKey.from_seed_material(f"torchchain/sybil/{client.index}/{k}/seed={self.settings.seed}")
+                    fake = Client(index=client.index, key=key, data=client.data, byzantine=True)
+                    forged.append(fake.submit(flipped, round=round, base_hash=base_hash))
+        return forged
+
     def _poison(self, round: int, deltas: dict[int, dict[str, torch.Tensor]], seconds: dict[str, float]) -> None:
         """Malicious clients replace their delta with the attack's output, before signing."""
+        if self.attack.forges_transactions:
+            return
         start = time.perf_counter()
         honest = None
         if self.attack.omniscient:
@@ -212,11 +269,25 @@ class Simulation:
         deltas = self._local_updates(round, seconds)
         self._poison(round, deltas, seconds)
         norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in self.clients}
+        forging = self.attack.forges_transactions
         submissions: list[Submission] = [
-            c.submit(deltas[c.index], round=round, base_hash=base_hash, seconds=seconds) for c in self.clients
+            c.submit(deltas[c.index], round=round, base_hash=base_hash, seconds=seconds)
+            for c in self.clients
+            if not (forging and c.byzantine)
         ]
+        if forging:
+            submissions += self._forged_submissions(round, base_hash, deltas)
+        reference = None
+        if self.root is not None:
+            start = time.perf_counter()
+            reference = self._train_delta(self.root, derive_generator(self.settings.seed, "train", round, "node"), None)
+            seconds["reference"] = time.perf_counter() - start
         outcome = self.node.mine_round(
-            round, submissions, self.global_state, generator=derive_generator(self.settings.seed, "aggregate", round)
+            round,
+            submissions,
+            self.global_state,
+            generator=derive_generator(self.settings.seed, "aggregate", round),
+            reference=reference,
         )
         seconds.update(outcome.seconds)
         # Clients fetch the next global model from the ledger by its hash, as a remote client would.
@@ -236,7 +307,20 @@ class Simulation:
         metrics = evaluate(self.model, self.data.test, task=self.data.task, device=self.settings.device)
         if "rmse" in metrics:
             metrics["rmse"] *= self.data.target_scale
+        if isinstance(self.attack, Backdoor):
+            metrics["backdoor_accuracy"] = self._backdoor_accuracy(self.attack)
         return metrics
+
+    @torch.no_grad()
+    def _backdoor_accuracy(self, attack: Backdoor) -> float:
+        """Attack success rate: the share of triggered test images, of another true class, classified as the target."""
+        test = self.data.test
+        keep = test.targets != attack.target_label
+        triggered = DataSplit(
+            features=attack.apply_trigger(test.features[keep]),
+            targets=torch.full((int(keep.sum()),), attack.target_label, dtype=test.targets.dtype),
+        )
+        return evaluate(self.model, triggered, task=self.data.task, device=self.settings.device)["accuracy"]
 
     # -- the whole run ---------------------------------------------------------------------
 
