@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from torchchain.attacks.base import Attack
+from torchchain.chain.ledger import Ledger, write_atomic
 from torchchain.attacks.none import NoAttack
 from torchchain.data import TaskData
 from torchchain.errors import ConfigError
@@ -178,15 +179,48 @@ def _print_summary(summary: Mapping[str, Any], run_dir: Path) -> None:
     )
 
 
+def _resume_config(run_dir: Path) -> DictConfig:
+    """The config a run folder was started with (its ``config.yaml``)."""
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml; give the folder of a torchchain run")
+    return OmegaConf.load(stored)
+
+
+def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
+    """The summary of a run whose ledger already holds every round, or ``None`` if it does not."""
+    if not any((run_dir / "ledger" / "blocks").glob("*.json")):
+        return None
+    ledger = Ledger.open(run_dir / "ledger")
+    if ledger.height < rounds:
+        return None
+    print(f"torchchain: {run_dir} already finished all {rounds} rounds (ledger height {ledger.height}); nothing to do")
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    return {"rounds": rounds, "blocks": ledger.height + 1, "ledger": str(ledger.path.resolve()), "head": ledger.head.hash}
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Validate ``cfg``, train, and write ``summary.json`` into ``run_dir``.
 
     Everything that can be checked without data is checked first, so a bad value fails in a
     second with a :class:`~torchchain.errors.ConfigError` that says what to change.
 
+    With ``resume=<run folder>`` the run in that folder continues from its last whole block with
+    the config it was started with (its ``config.yaml``); ``run_dir`` is then not used.
+
     Returns:
         The summary (final metrics, rounds, blocks, rejected updates, ledger path, timings).
     """
+    resuming = cfg.get("resume") is not None
+    if resuming:
+        run_dir = Path(str(cfg.resume))
+        cfg = _resume_config(run_dir)
+        done = _finished_summary(run_dir, _positive_int(cfg, "rounds"))
+        if done is not None:
+            return done
+        print(f"torchchain: resuming {run_dir}")
     run_dir = Path(run_dir)
     clients = _positive_int(cfg, "clients")
     device = resolve_device(str(cfg.device))
@@ -205,6 +239,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cfg.model, "model", torch.nn.Module, input_shape=list(data.input_shape), num_outputs=data.num_outputs
     )
 
+    if not resuming:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     writer = RunWriter(run_dir / "tensorboard")
     writer.config(OmegaConf.to_yaml(cfg))
     try:
@@ -217,6 +254,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             run_dir=run_dir,
             config=_recorded_config(cfg, byzantine=byzantine),
             writer=writer,
+            resume=resuming,
         )
         summary = sim.run()
         hparams = {

@@ -43,6 +43,8 @@ class RoundOutcome:
         accepted: Accepted transactions, sorted by client key (the aggregation order).
         rejected: One record per rejected submission: ``client``, ``update_hash``, ``code``, ``reason``.
         trust: The weight the strategy gave each accepted client, by public key.
+        blobs: The bytes the block refers to (accepted updates, the model, the reference update),
+            stored by :meth:`Node.commit` before the block itself.
         seconds: Wall time of the node's phases: ``validate``, ``aggregate``, ``mine``, ``write``.
     """
 
@@ -51,6 +53,7 @@ class RoundOutcome:
     accepted: list[Transaction]
     rejected: list[dict[str, str]]
     trust: dict[str, float]
+    blobs: list[bytes] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -181,7 +184,27 @@ class Node:
         reference: Mapping[str, torch.Tensor] | None = None,
         time_ms: int | None = None,
     ) -> RoundOutcome:
-        """Validate, aggregate, mine and append the block of ``round``.
+        """:meth:`prepare` the block of ``round`` and :meth:`commit` it to the ledger."""
+        outcome = self.prepare(
+            round, submissions, global_state, generator=generator, reference=reference, time_ms=time_ms
+        )
+        self.commit(outcome)
+        return outcome
+
+    def prepare(
+        self,
+        round: int,
+        submissions: Sequence[Submission],
+        global_state: Mapping[str, torch.Tensor],
+        *,
+        generator: torch.Generator | None = None,
+        reference: Mapping[str, torch.Tensor] | None = None,
+        time_ms: int | None = None,
+    ) -> RoundOutcome:
+        """Validate, aggregate and mine the block of ``round``, without writing anything.
+
+        The ledger is untouched until :meth:`commit`, so a caller can first save whatever must
+        survive a crash together with the block (a runtime's checkpoint).
 
         Args:
             round: The round number the block closes.
@@ -243,12 +266,17 @@ class Node:
         )
         seconds["mine"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        for c in clients:
-            self.ledger.put_blob(valid[c][0].payload)
-        self.ledger.put_blob(model_bytes)
+        blobs = [valid[c][0].payload for c in clients] + [model_bytes]
         if reference_bytes is not None:
-            self.ledger.put_blob(reference_bytes)
-        self.ledger.append(block)
-        seconds["write"] = time.perf_counter() - start
-        return RoundOutcome(block=block, state=state, accepted=accepted, rejected=rejected, trust=trust, seconds=seconds)
+            blobs.append(reference_bytes)
+        return RoundOutcome(
+            block=block, state=state, accepted=accepted, rejected=rejected, trust=trust, blobs=blobs, seconds=seconds
+        )
+
+    def commit(self, outcome: RoundOutcome) -> None:
+        """Store the outcome's blobs, then append its block (atomically: it is whole or absent)."""
+        start = time.perf_counter()
+        for blob in outcome.blobs:
+            self.ledger.put_blob(blob)
+        self.ledger.append(outcome.block)
+        outcome.seconds["write"] = time.perf_counter() - start

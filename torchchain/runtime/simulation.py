@@ -10,6 +10,7 @@ held-out test split and everything is logged.
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from torchchain.chain.ledger import Ledger
 from torchchain.data import DataSplit, TaskData
 from torchchain.data.partition import partition
 from torchchain.errors import ConfigError
+from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
 from torchchain.runtime.node import Node, RoundOutcome, Submission
 from torchchain.strategies.base import Strategy
@@ -103,6 +105,13 @@ class Simulation:
         config: The run's resolved config, recorded in the genesis block so an auditor knows
             exactly what ran; it must be JSON-serializable.
         writer: TensorBoard writer, or ``None`` for no events.
+        resume: Continue the run whose ledger is in ``run_dir`` from its last whole block,
+            restoring the strategy, attack and client state from the matching checkpoint. A
+            folder without a genesis block starts afresh.
+
+    Raises:
+        ConfigError: if ``resume`` finds a ledger made with another config, or no checkpoint
+            for its last block.
     """
 
     def __init__(
@@ -116,6 +125,7 @@ class Simulation:
         run_dir: str | Path,
         config: Mapping[str, Any],
         writer: RunWriter | None = None,
+        resume: bool = False,
     ) -> None:
         self.data = data
         self.settings = settings
@@ -169,17 +179,23 @@ class Simulation:
             )
 
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        model_bytes = update_to_bytes(self.global_state)
+        self.checkpoints = self.run_dir / "checkpoints"
         node_key = SigningKey.from_seed_material(f"torchchain/node/0/seed={settings.seed}")
-        genesis = make_genesis(
-            members=[c.public_key for c in self.clients],
-            config=dict(config),
-            model_hash=sha256_hex(model_bytes),
-            miner=node_key.public_key,
-            difficulty=settings.difficulty,
-            time_ms=int(time.time() * 1000),
-        )
-        self.ledger = Ledger.create(self.run_dir / "ledger", genesis, blobs=[model_bytes])
+        ledger_dir = self.run_dir / "ledger"
+        if resume and any((ledger_dir / "blocks").glob("*.json")):
+            self.ledger = Ledger.open(ledger_dir)
+            self._restore(config)
+        else:
+            model_bytes = update_to_bytes(self.global_state)
+            genesis = make_genesis(
+                members=[c.public_key for c in self.clients],
+                config=dict(config),
+                model_hash=sha256_hex(model_bytes),
+                miner=node_key.public_key,
+                difficulty=settings.difficulty,
+                time_ms=int(time.time() * 1000),
+            )
+            self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
         self.node = Node(
             ledger=self.ledger,
             strategy=strategy,
@@ -188,6 +204,31 @@ class Simulation:
             max_update_bytes=settings.max_update_bytes,
         )
         self._labels = {c.public_key: c.label for c in self.clients}
+
+    def _restore(self, config: Mapping[str, Any]) -> None:
+        """Take up an existing ledger: check it is this run's, load its head model and the checkpoint."""
+        if self.ledger.config != json.loads(json.dumps(dict(config))):
+            raise ConfigError(
+                f"cannot resume {self.run_dir}: its ledger was made with a different config; "
+                "resume with the run's own config.yaml, or start a new run"
+            )
+        if tuple(sorted(c.public_key for c in self.clients)) != tuple(sorted(self.ledger.members)):
+            raise ConfigError(f"cannot resume {self.run_dir}: the ledger's members are not this run's clients")
+        head = self.ledger.head
+        blob = self.ledger.get_blob(head.header.model_hash)
+        self.global_state = update_from_bytes(blob, max_bytes=len(blob))
+        if self.ledger.height == 0:
+            return
+        state = load_checkpoint(checkpoint_path(self.checkpoints, self.ledger.height))
+        self.strategy.load_state_dict(state["strategy"])
+        self.attack.load_state_dict(state["attack"])
+        for client in self.clients:
+            client.momentum_buffers = dict(state["momentum"].get(client.index, {}))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the ledger already holds a block for every round."""
+        return self.ledger.height >= self.settings.rounds
 
     # -- one round -------------------------------------------------------------------------
 
@@ -282,13 +323,25 @@ class Simulation:
             start = time.perf_counter()
             reference = self._train_delta(self.root, derive_generator(self.settings.seed, "train", round, "node"), None)
             seconds["reference"] = time.perf_counter() - start
-        outcome = self.node.mine_round(
+        outcome = self.node.prepare(
             round,
             submissions,
             self.global_state,
             generator=derive_generator(self.settings.seed, "aggregate", round),
             reference=reference,
         )
+        # The checkpoint goes to disk before the block: whenever a crash hits, the state that
+        # matches the ledger's last whole block is there to resume from.
+        start = time.perf_counter()
+        save_checkpoint(
+            self.checkpoints,
+            round,
+            strategy_state=self.strategy.state_dict(),
+            attack_state=self.attack.state_dict(),
+            momentum={c.index: c.momentum_buffers or {} for c in self.clients},
+        )
+        seconds["checkpoint"] = time.perf_counter() - start
+        self.node.commit(outcome)
         seconds.update(outcome.seconds)
         # Clients fetch the next global model from the ledger by its hash, as a remote client would.
         start = time.perf_counter()
@@ -325,13 +378,20 @@ class Simulation:
     # -- the whole run ---------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Run every round; return the run's summary (also what ``summary.json`` holds)."""
+        """Run every round not yet in the ledger; return the run's summary (what ``summary.json`` holds)."""
         started = time.perf_counter()
         round_seconds: list[float] = []
         phase_totals: dict[str, float] = {}
-        rejected_total = 0
         metrics: dict[str, float] = {}
-        bar = tqdm(range(1, self.settings.rounds + 1), desc="rounds", unit="round", disable=not self.settings.progress)
+        first = self.ledger.height + 1
+        bar = tqdm(
+            range(first, self.settings.rounds + 1),
+            desc="rounds",
+            unit="round",
+            initial=first - 1,
+            total=self.settings.rounds,
+            disable=not self.settings.progress,
+        )
         for rnd in bar:
             round_start = time.perf_counter()
             outcome, seconds, norms = self.run_round(rnd)
@@ -343,7 +403,6 @@ class Simulation:
             round_seconds.append(elapsed)
             for name, value in seconds.items():
                 phase_totals[name] = phase_totals.get(name, 0.0) + value
-            rejected_total += len(outcome.rejected)
             self._log_round(rnd, outcome, metrics, seconds, elapsed, norms)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in metrics.items() if k != "loss"}, "height": self.ledger.height})
         bar.close()
@@ -356,7 +415,7 @@ class Simulation:
             "final_rmse": metrics.get("rmse"),
             "rounds": self.settings.rounds,
             "blocks": self.ledger.height + 1,
-            "rejected": rejected_total,
+            "rejected": sum(len(b.meta.get("rejected", ())) for b in self.ledger.blocks()[1:]),
             "ledger": str(self.ledger.path.resolve()),
             "head": self.ledger.head.hash,
             "model_hash": self.ledger.head.header.model_hash,

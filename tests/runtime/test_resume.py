@@ -1,0 +1,81 @@
+"""A stopped run resumes from its last whole block and ends exactly where an unstopped run ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchchain.chain.ledger import Ledger
+from torchchain.chain.verify import verify_ledger
+from torchchain.experiment import run
+from torchchain.runtime.node import Node
+from torchchain.runtime.simulation import Simulation
+
+from composing import FAST, compose_config
+
+# A stateful strategy, client momentum and an attack: everything a checkpoint must carry.
+SETTINGS = [*FAST, "rounds=5", "clients=6", "strategy=median", "strategy._target_=torchchain.strategies.CenteredClipping",
+            "+strategy.tau=1.0", "momentum=0.9", "lr=0.05", "attack=signflip"]
+
+
+class Stop(Exception):
+    """Stands in for the process dying."""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return run(compose_config(SETTINGS), tmp_path_factory.mktemp("unstopped"))
+
+
+def _resume(run_dir):
+    return run(compose_config([*FAST, f"resume={run_dir}"]), run_dir / "unused")
+
+
+def test_stop_between_rounds_then_resume(tmp_path, monkeypatch, reference):
+    original = Simulation.run_round
+
+    def run_round(self, round):
+        if round == 3:
+            raise Stop
+        return original(self, round)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+    with pytest.raises(Stop):
+        run(compose_config(SETTINGS), tmp_path)
+    assert Ledger.open(tmp_path / "ledger").height == 2
+    monkeypatch.setattr(Simulation, "run_round", original)
+    resumed = _resume(tmp_path)
+    assert resumed["model_hash"] == reference["model_hash"]
+    assert verify_ledger(tmp_path / "ledger").height == 5
+
+
+def test_stop_after_checkpoint_before_block_then_resume(tmp_path, monkeypatch, reference):
+    original = Node.commit
+
+    def commit(self, outcome):
+        if outcome.block.header.round == 4:
+            raise Stop
+        return original(self, outcome)
+
+    monkeypatch.setattr(Node, "commit", commit)
+    with pytest.raises(Stop):
+        run(compose_config(SETTINGS), tmp_path)
+    assert (tmp_path / "checkpoints" / "round_00000004.safetensors").exists()
+    assert Ledger.open(tmp_path / "ledger").height == 3
+    monkeypatch.setattr(Node, "commit", original)
+    assert _resume(tmp_path)["model_hash"] == reference["model_hash"]
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path, capsys):
+    first = run(compose_config([*FAST, "rounds=2"]), tmp_path)
+    files = sorted(p.name for p in (tmp_path / "ledger" / "blocks").iterdir())
+    again = _resume(tmp_path)
+    assert "already finished" in capsys.readouterr().out
+    assert again["head"] == first["head"]
+    assert sorted(p.name for p in (tmp_path / "ledger" / "blocks").iterdir()) == files
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    from torchchain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config.yaml"):
+        _resume(tmp_path)

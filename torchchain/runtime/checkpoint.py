@@ -1,0 +1,112 @@
+"""Run checkpoints: the state a resumed run needs that the ledger does not hold.
+
+The ledger holds every global model, so the only state to save is what lives outside it: the
+strategy's state (e.g. centered clipping's centre), the attack's state, and each client's SGD
+momentum. Everything else (partitions, keys, random streams) is derived from the seed.
+
+A checkpoint for round ``r`` is written *before* block ``r`` is appended, and the previous one
+is kept, so whatever instant a crash hits, the checkpoint matching the ledger's last whole block
+is on disk. Files are safetensors (tensors, plus JSON text in the header's metadata): nothing is
+unpickled on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from torchchain.chain.ledger import TMP_PREFIX, write_atomic
+from torchchain.errors import ConfigError
+
+__all__ = ["checkpoint_path", "load_checkpoint", "save_checkpoint"]
+
+_NAME = re.compile(r"^round_(\d{8})\.safetensors$")
+
+
+def checkpoint_path(folder: str | Path, round: int) -> Path:
+    """Where the checkpoint taken after ``round`` lives inside ``folder``."""
+    return Path(folder) / f"round_{round:08d}.safetensors"
+
+
+def _split(state: Mapping[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Move the tensor values of ``state`` into ``tensors`` under ``prefix``; return the rest (JSON)."""
+    rest = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"{prefix}{key}"] = value.detach().cpu().contiguous()
+        else:
+            rest[key] = value
+    return rest
+
+
+def save_checkpoint(
+    folder: str | Path,
+    round: int,
+    *,
+    strategy_state: Mapping[str, Any],
+    attack_state: Mapping[str, Any],
+    momentum: Mapping[int, Mapping[str, torch.Tensor]],
+) -> Path:
+    """Write the checkpoint taken after ``round`` atomically and delete all but the previous one.
+
+    Args:
+        folder: The run's checkpoint folder (created if missing).
+        round: The round whose block is about to be appended.
+        strategy_state: ``strategy.state_dict()``: tensors, and JSON-serializable values.
+        attack_state: ``attack.state_dict()``, likewise.
+        momentum: Each client's momentum buffers by client index and parameter name.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {
+        "round": round,
+        "strategy": _split(strategy_state, "strategy/", tensors),
+        "attack": _split(attack_state, "attack/", tensors),
+    }
+    for index, buffers in momentum.items():
+        _split(buffers, f"momentum/{index}/", tensors)
+    path = checkpoint_path(folder, round)
+    write_atomic(path, st_save(tensors, metadata={"torchchain": json.dumps(meta, sort_keys=True)}))
+    for old in folder.iterdir():
+        match = _NAME.match(old.name)
+        # Older checkpoints are never needed again; temporary files are what a crash left behind.
+        if (match and int(match.group(1)) < round - 1) or old.name.startswith(TMP_PREFIX):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``{"round": int, "strategy": dict, "attack": dict, "momentum": {index: {name: tensor}}}``.
+
+    Raises:
+        ConfigError: if the file is missing or malformed; the message names it.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["torchchain"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot resume: checkpoint {path} is missing or malformed ({exc})") from None
+    state: dict[str, Any] = {"round": int(meta["round"]), "strategy": dict(meta["strategy"]), "attack": dict(meta["attack"]), "momentum": {}}
+    for name, tensor in tensors.items():
+        kind, _, rest = name.partition("/")
+        if kind in ("strategy", "attack"):
+            state[kind][rest] = tensor
+        elif kind == "momentum":
+            index, _, param = rest.partition("/")
+            state["momentum"].setdefault(int(index), {})[param] = tensor
+    return state
