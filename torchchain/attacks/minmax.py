@@ -46,7 +46,7 @@ class MinMax(Attack):
     def __init__(self, *, perturbation: str = "unit_vec", gamma_init: float = 10.0, tau: float = 1e-5) -> None:
         super().__init__()
         if perturbation not in PERTURBATIONS:
-            raise ConfigError(f"minmax attack: perturbation must be one of {list(PERTURBATIONS)}, got {perturbation!r}")
+            raise ConfigError(f"{self.name} attack: perturbation must be one of {list(PERTURBATIONS)}, got {perturbation!r}")
         self.perturbation = perturbation
         self.gamma_init = check_positive(self.name, "gamma_init", gamma_init)
         self.tau = check_positive(self.name, "tau", tau)
@@ -55,9 +55,13 @@ class MinMax(Attack):
         """Return ``mu + gamma * p`` for the ``gamma`` the search finds (float64)."""
         honest = check_honest(self, check_update(update), honest)
         direction = perturbation_direction(honest, self.perturbation)
-        gamma = min_max_gamma(honest, direction, gamma_init=self.gamma_init, tau=self.tau)
+        gamma = self.search_gamma(honest, direction)
         return honest.mean(dim=0) + gamma * direction
 
+    def search_gamma(self, honest: Tensor, direction: Tensor) -> float:
+        """The largest ``gamma`` meeting this attack's constraint (Min-Max's: the maximum distance)."""
+        return min_max_gamma(honest, direction, gamma_init=self.gamma_init, tau=self.tau)
+
     def describe(self) -> dict[str, Any]:
-        """Return ``{"name": "minmax", "perturbation": ..., "gamma_init": ..., "tau": ...}``."""
+        """Return ``{"name": ..., "perturbation": ..., "gamma_init": ..., "tau": ...}``."""
         return {"name": self.name, "perturbation": self.perturbation, "gamma_init": self.gamma_init, "tau": self.tau}

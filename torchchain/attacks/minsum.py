@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
-from torchchain.attacks.base import Attack, check_honest, check_positive, check_update
-from torchchain.attacks.kernels import PERTURBATIONS, min_sum_gamma, perturbation_direction
-from torchchain.errors import ConfigError
+from torchchain.attacks.kernels import min_sum_gamma
+from torchchain.attacks.minmax import MinMax
 
 __all__ = ["MinSum"]
 
 
-class MinSum(Attack):
+class MinSum(MinMax):
     """Send ``mu + gamma * p`` with the largest ``gamma`` whose summed squared distance stays in range.
 
     The AGR-agnostic Min-Sum attack of Shejwalkar and Houmansadr (2021), "Manipulating the
@@ -41,23 +37,7 @@ class MinSum(Attack):
     """
 
     name = "minsum"
-    omniscient = True
 
-    def __init__(self, *, perturbation: str = "unit_vec", gamma_init: float = 10.0, tau: float = 1e-5) -> None:
-        super().__init__()
-        if perturbation not in PERTURBATIONS:
-            raise ConfigError(f"minsum attack: perturbation must be one of {list(PERTURBATIONS)}, got {perturbation!r}")
-        self.perturbation = perturbation
-        self.gamma_init = check_positive(self.name, "gamma_init", gamma_init)
-        self.tau = check_positive(self.name, "tau", tau)
-
-    def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
-        """Return ``mu + gamma * p`` for the ``gamma`` the search finds (float64)."""
-        honest = check_honest(self, check_update(update), honest)
-        direction = perturbation_direction(honest, self.perturbation)
-        gamma = min_sum_gamma(honest, direction, gamma_init=self.gamma_init, tau=self.tau)
-        return honest.mean(dim=0) + gamma * direction
-
-    def describe(self) -> dict[str, Any]:
-        """Return ``{"name": "minsum", "perturbation": ..., "gamma_init": ..., "tau": ...}``."""
-        return {"name": self.name, "perturbation": self.perturbation, "gamma_init": self.gamma_init, "tau": self.tau}
+    def search_gamma(self, honest: Tensor, direction: Tensor) -> float:
+        """The largest ``gamma`` whose summed squared distance to the honest updates stays in range."""
+        return min_sum_gamma(honest, direction, gamma_init=self.gamma_init, tau=self.tau)
