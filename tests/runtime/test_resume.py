@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from torchchain.audit import audit_ledger
 from torchchain.chain.ledger import Ledger
 from torchchain.chain.verify import verify_ledger
 from torchchain.experiment import run
@@ -46,6 +47,8 @@ def test_stop_between_rounds_then_resume(tmp_path, monkeypatch, reference):
     resumed = _resume(tmp_path)
     assert resumed["model_hash"] == reference["model_hash"]
     assert verify_ledger(tmp_path / "ledger").height == 5
+    # The replay from the ledger alone agrees: the restored strategy state was exact.
+    assert len(audit_ledger(tmp_path / "ledger").rounds) == 5
 
 
 def test_stop_after_checkpoint_before_block_then_resume(tmp_path, monkeypatch, reference):
