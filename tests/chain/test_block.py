@@ -315,3 +315,24 @@ def test_from_bytes_checks_the_size_limit(ledger: Any) -> None:
     data = ledger.block(1).to_bytes()
     with pytest.raises(SerializationError, match="over the limit"):
         Block.from_bytes(data, max_bytes=len(data) - 1)
+
+
+def test_meta_nested_beyond_the_limit_is_refused_when_built(genesis: Block, miner_key: SigningKey) -> None:
+    from torchchain.chain.block import MAX_META_DEPTH
+
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = []
+        for _ in range(levels - 2):
+            value = [value]
+        return {"a": value}  # the meta object, then levels - 1 arrays
+
+    def build(meta: dict[str, Any]) -> Block:
+        return make_block(
+            prev=genesis, round=1, transactions=[], meta=meta, model_hash=genesis.header.model_hash,
+            miner=miner_key.public_key, difficulty=0, time_ms=0,
+        )
+
+    block = build(nested(MAX_META_DEPTH))
+    assert Block.from_bytes(block.to_bytes()) == block
+    with pytest.raises(SerializationError, match="block meta: arrays and objects nest deeper than 32"):
+        build(nested(MAX_META_DEPTH + 1))

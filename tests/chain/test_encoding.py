@@ -64,3 +64,43 @@ def test_parse_json_object_refuses_absurd_nesting() -> None:
     deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
     with pytest.raises(SerializationError, match="deep.json"):
         parse_json_object(deep, what="deep.json", max_bytes=10**6)
+
+
+def test_check_nesting_counts_arrays_and_objects_without_recursion() -> None:
+    from torchchain.chain.encoding import check_nesting
+
+    check_nesting({"a": [1, {"b": []}]}, what="x", max_depth=4)
+    check_nesting("scalar", what="x", max_depth=0)
+    with pytest.raises(SerializationError, match="x: arrays and objects nest deeper than 3"):
+        check_nesting({"a": [1, {"b": []}]}, what="x", max_depth=3)
+    deep: list[object] = []
+    for _ in range(100_000):  # far beyond the recursion limit
+        deep = [deep]
+    with pytest.raises(SerializationError, match="deeper than 64"):
+        check_nesting(deep, what="x", max_depth=64)
+
+
+def test_parse_json_object_refuses_nesting_beyond_its_limit() -> None:
+    from torchchain.chain.encoding import MAX_JSON_DEPTH
+
+    ok = b'{"a":' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+    assert parse_json_object(ok, what="r", max_bytes=1000)
+    too_deep = b'{"a":' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"
+    with pytest.raises(SerializationError, match="r: arrays and objects nest deeper than 64"):
+        parse_json_object(too_deep, what="r", max_bytes=1000)
+    with pytest.raises(SerializationError, match="deeper than 2"):
+        parse_json_object(b'{"a":{"b":{}}}', what="r", max_bytes=1000, max_depth=2)
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e400", b"1" * 400 + b".0"])
+def test_parse_json_object_refuses_numbers_that_overflow_a_float(number: bytes) -> None:
+    with pytest.raises(SerializationError, match="too large for a float"):
+        parse_json_object(b'{"a":' + number + b"}", what="r", max_bytes=1000)
+
+
+def test_canonical_json_refuses_an_object_too_deep_to_encode() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(SerializationError, match="cannot encode"):
+        canonical_json({"a": deep})

@@ -12,7 +12,7 @@ import torchchain.chain.ledger as ledger_module
 from torchchain.chain.block import Block, Transaction, make_block
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
-from torchchain.chain.pow import meets_difficulty
+from torchchain.chain.pow import meets_difficulty, mine
 from torchchain.errors import LedgerError
 
 
@@ -95,14 +95,20 @@ def _assert_refused(ledger: Ledger, block: Block, message: str) -> None:
     assert ledger.head == head
 
 
-def test_append_refuses_a_bad_prev_hash(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_a_block_whose_parent_is_unknown(ledger: Ledger, round_block: Any) -> None:
+    block = round_block(ledger)
+    unknown_parent = Block(mine(dataclasses.replace(block.header, prev_hash=sha256_hex(b"nowhere"))), (), {})
+    _assert_refused(ledger, unknown_parent, "previous hash .* is not the hash of a block of this ledger")
+
+
+def test_append_refuses_a_height_that_does_not_follow_its_parent(ledger: Ledger, round_block: Any) -> None:
     block = round_block(ledger)
     forked = make_block(
         prev=ledger.block(1), round=3, transactions=[], meta={}, model_hash=block.header.model_hash,
         miner=block.header.miner, difficulty=8, time_ms=0,
     )
-    forked = Block(dataclasses.replace(forked.header, height=3), (), {})
-    _assert_refused(ledger, forked, "previous hash")
+    forked = Block(mine(dataclasses.replace(forked.header, height=3)), (), {})
+    _assert_refused(ledger, forked, "height 3 does not follow height 1")
 
 
 def test_append_refuses_a_wrong_height(ledger: Ledger, round_block: Any) -> None:
@@ -119,8 +125,6 @@ def test_append_refuses_bad_proof_of_work(ledger: Ledger, round_block: Any) -> N
 
 
 def test_append_refuses_an_easier_difficulty(ledger: Ledger, round_block: Any) -> None:
-    from torchchain.chain.pow import mine
-
     block = round_block(ledger)
     easy = Block(mine(dataclasses.replace(block.header, difficulty=1)), block.transactions, block.meta)
     _assert_refused(ledger, easy, "difficulty 1 differs")
@@ -201,18 +205,20 @@ def test_open_names_the_first_bad_file(ledger: Ledger) -> None:
     assert info.value.block == name
 
 
-def test_open_refuses_a_gap_and_a_duplicate_height(ledger: Ledger) -> None:
+def test_open_refuses_an_orphan_and_a_misnamed_second_file(ledger: Ledger) -> None:
     blocks_dir = ledger.path / "blocks"
     middle = blocks_dir / block_file_name(ledger.block(1))
     data = middle.read_bytes()
     middle.unlink()
-    with pytest.raises(LedgerError, match="block 1 is missing") as info:
+    with pytest.raises(LedgerError, match="orphan block.*previous block .* \\(height 1\\)") as info:
         Ledger.open(ledger.path)
     assert info.value.block == block_file_name(ledger.block(2))
     middle.write_bytes(data)
-    (blocks_dir / f"00000001-{'0' * 64}.json").write_bytes(data)
-    with pytest.raises(LedgerError, match="second file for height 1"):
+    copy = blocks_dir / f"00000001-{'0' * 64}.json"
+    copy.write_bytes(data)
+    with pytest.raises(LedgerError, match="not to the hash in its file name") as info:
         Ledger.open(ledger.path)
+    assert info.value.block == copy.name
 
 
 def test_open_refuses_a_stray_file_and_a_folder_without_blocks(ledger: Ledger, tmp_path: Path) -> None:

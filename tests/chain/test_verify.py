@@ -122,7 +122,7 @@ def test_a_block_file_name_with_extra_zeros_is_detected(ledger: Ledger) -> None:
 
 def test_a_deleted_middle_block_is_detected(ledger: Ledger) -> None:
     os.unlink(ledger.path / "blocks" / block_file_name(ledger.block(1)))
-    _expect_failure(ledger, block_file_name(ledger.block(2)), "block 1 is missing")
+    _expect_failure(ledger, block_file_name(ledger.block(2)), "orphan block")
 
 
 def _next_block(ledger: Ledger, round_block: Any, **header_changes: Any) -> Block:

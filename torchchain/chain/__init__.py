@@ -2,7 +2,8 @@
 
 This package deals in bytes, hex hashes and JSON only; it knows nothing of tensors, strategies
 or configuration frameworks. ``block`` defines the records, ``crypto`` the hashes and Ed25519
-signatures, ``pow`` the mining, ``ledger`` the folder a run writes, ``verify`` the audit.
+signatures, ``pow`` the mining, ``fork`` the choice among competing branches, ``ledger`` the
+folder a run writes, ``verify`` the audit.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from torchchain.chain.block import (
 )
 from torchchain.chain.crypto import SigningKey, sha256_hex, verify_signature
 from torchchain.chain.encoding import canonical_json, parse_json_object
-from torchchain.chain.ledger import Ledger
+from torchchain.chain.fork import BlockTree, Reorg
+from torchchain.chain.ledger import AppendResult, Ledger
 from torchchain.chain.pow import block_work, meets_difficulty, mine
 from torchchain.chain.verify import VerifyReport, verify_ledger
 
 __all__ = [
     "ZERO_HASH",
+    "AppendResult",
     "Block",
     "BlockHeader",
+    "BlockTree",
     "Ledger",
+    "Reorg",
     "SigningKey",
     "Transaction",
     "VerifyReport",

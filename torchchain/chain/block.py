@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchchain.chain.crypto import SigningKey, sha256_hex, verify_signature
-from torchchain.chain.encoding import canonical_json, parse_json_object
+from torchchain.chain.encoding import MAX_JSON_DEPTH, canonical_json, check_nesting, parse_json_object
 from torchchain.chain.pow import mine
 from torchchain.errors import SerializationError
 
 __all__ = [
     "BLOCK_VERSION",
     "MAX_BLOCK_BYTES",
+    "MAX_META_DEPTH",
     "TX_DOMAIN",
     "ZERO_HASH",
     "Block",
@@ -57,6 +58,10 @@ MAX_INT = 2**63 - 1
 MAX_NONCE = 2**64 - 1
 MAX_DIFFICULTY = 64
 MAX_CODEC_LENGTH = 64
+MAX_META_DEPTH = MAX_JSON_DEPTH // 2
+"""The deepest nesting of arrays and objects in a block's metadata (the meta object itself is
+level 1), well inside what a block file may hold, so every block that can be built can also be
+stored and read back."""
 
 # Hashes and public keys are 64 lowercase hex characters, signatures 128.
 _HEX_RE = {64: re.compile(r"[0-9a-f]{64}"), 128: re.compile(r"[0-9a-f]{128}")}
@@ -275,7 +280,9 @@ def _json_object_copy(value: Any, what: str) -> dict[str, Any]:
         raise SerializationError(f"{what} must be a JSON object, got {type(value).__name__}")
     # A round trip through the canonical encoding detaches the copy from the caller's objects
     # and normalises it (tuples become lists) exactly as parsing the stored bytes would.
-    return json.loads(canonical_json(dict(value)))
+    normalised = json.loads(canonical_json(dict(value)))
+    check_nesting(normalised, what=what, max_depth=MAX_META_DEPTH)
+    return normalised
 
 
 @dataclass(frozen=True)
@@ -287,7 +294,8 @@ class Block:
         transactions: The round's accepted transactions, in Merkle order.
         meta: A JSON object. For genesis, ``{"members": [sorted public keys], "config": {...}}``;
             for round blocks whatever the runtime records (rejections, trust scores, ...).
-            Stored as a private copy; treat it as read-only.
+            Nested at most :data:`MAX_META_DEPTH` levels. Stored as a private copy; treat it
+            as read-only.
     """
 
     header: BlockHeader

@@ -9,11 +9,17 @@ a peer or from disk: it refuses anything a sloppy parser would silently accept.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 from torchchain.errors import SerializationError
 
-__all__ = ["canonical_json", "parse_json_object"]
+__all__ = ["MAX_JSON_DEPTH", "canonical_json", "check_nesting", "parse_json_object"]
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of arrays and objects :func:`parse_json_object` accepts (the top-level
+object counts as 1). Records are a few levels deep; the limit keeps every later recursive step
+(encoding, comparing, copying) far from Python's recursion limit."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -30,31 +36,56 @@ def canonical_json(obj: Any) -> bytes:
 
     Raises:
         SerializationError: ``obj`` holds a value JSON cannot represent (NaN, infinity, a
-            non-JSON type, keys that cannot be sorted).
+            non-JSON type, keys that cannot be sorted) or nests too deep to encode.
     """
     try:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as canonical JSON: {exc}") from None
     return text.encode("ascii")
 
 
-def parse_json_object(data: bytes, *, what: str, max_bytes: int) -> dict[str, Any]:
+def check_nesting(obj: Any, *, what: str, max_depth: int) -> None:
+    """Checks that arrays and objects in ``obj`` nest at most ``max_depth`` deep.
+
+    ``obj`` itself, if a list, tuple or dict, is at depth 1. The walk uses an explicit stack, so
+    any depth is measured without recursion.
+
+    Raises:
+        SerializationError: The nesting is deeper than ``max_depth``; the message starts with
+            ``what``.
+    """
+    stack = [(obj, 1)] if isinstance(obj, (dict, list, tuple)) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > max_depth:
+            raise SerializationError(f"{what}: arrays and objects nest deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+
+
+def parse_json_object(
+    data: bytes, *, what: str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH
+) -> dict[str, Any]:
     """Parses bytes that must hold one JSON object, strictly.
 
-    The size limit is checked before any parsing, so an oversized input costs nothing.
+    The size limit is checked before any parsing, so an oversized input costs nothing. Absurd
+    nesting stops the decoder at Python's recursion limit; any nesting beyond ``max_depth`` is
+    refused after parsing, before a caller can trip over it.
 
     Args:
         data: The raw bytes (UTF-8).
         what: A name for the input (a file name, "transaction from client 3"), used in errors.
         max_bytes: The largest accepted input, in bytes.
+        max_depth: The deepest accepted nesting of arrays and objects (see :func:`check_nesting`).
 
     Returns:
         The parsed object; nested objects are plain dicts, arrays are lists.
 
     Raises:
         SerializationError: The input is too large, not UTF-8, not JSON, not an object at the top
-            level, holds ``NaN``/``Infinity`` or a duplicate key. The message starts with ``what``.
+            level, nested too deep, holds ``NaN``/``Infinity``, a number too large for a float or
+            a duplicate key. The message starts with ``what``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"{what}: expected bytes, got {type(data).__name__}")
@@ -68,6 +99,13 @@ def parse_json_object(data: bytes, *, what: str, max_bytes: int) -> dict[str, An
     def reject_constant(name: str) -> NoReturn:
         raise SerializationError(f"{what}: {name} is not allowed in JSON records")
 
+    def finite_float(text: str) -> float:
+        # json turns 1e999 into inf, which no canonical record holds.
+        value = float(text)
+        if not math.isfinite(value):
+            raise SerializationError(f"{what}: the number {text[:40]} is too large for a float")
+        return value
+
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key, value in pairs:
@@ -77,7 +115,9 @@ def parse_json_object(data: bytes, *, what: str, max_bytes: int) -> dict[str, An
         return result
 
     try:
-        obj = json.loads(text, parse_constant=reject_constant, object_pairs_hook=unique_keys)
+        obj = json.loads(
+            text, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=unique_keys
+        )
     except SerializationError:
         raise
     except json.JSONDecodeError as exc:
@@ -88,4 +128,5 @@ def parse_json_object(data: bytes, *, what: str, max_bytes: int) -> dict[str, An
         raise SerializationError(f"{what}: not acceptable JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise SerializationError(f"{what}: expected a JSON object at the top level, got {type(obj).__name__}")
+    check_nesting(obj, what=what, max_depth=max_depth)
     return obj

@@ -1,4 +1,4 @@
-"""The ledger folder: one file per block, content-addressed blobs, crash-safe writes.
+"""The ledger folder: one file per block, content-addressed blobs, crash-safe writes, forks.
 
 Layout::
 
@@ -10,8 +10,15 @@ name and the folder fsynced, so after a crash a file is either whole or absent; 
 ``.tmp-`` files are deleted on :meth:`Ledger.open`. Blocks are only ever added; blobs are
 named by their hash, so rewriting one is harmless.
 
-:meth:`Ledger.append` refuses any block that :func:`torchchain.chain.verify.verify_ledger`
-would refuse, so a ledger written through this class always verifies.
+Several blocks may share a height (two miners, a fork): every stored block must extend another
+stored block, and the ledger follows the chain with the most cumulative work
+(:class:`~torchchain.chain.fork.BlockTree`). :meth:`Ledger.append` refuses any block that
+:func:`torchchain.chain.verify.verify_ledger` would refuse, so a ledger written through this
+class always verifies.
+
+Every byte read from the folder is untrusted: files are read only if they are regular files
+within a size limit (checked before reading), block files are parsed strictly, and any problem
+raises :class:`~torchchain.errors.LedgerError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import logging
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from torchchain.chain.block import (
     MAX_BLOCK_BYTES,
@@ -35,6 +45,7 @@ from torchchain.chain.block import (
     merkle_root,
     meta_hash,
 )
+from torchchain.chain.fork import BlockTree, Reorg
 from torchchain.chain.pow import meets_difficulty
 from torchchain.errors import LedgerError, SerializationError
 
@@ -43,12 +54,17 @@ __all__ = [
     "BLOCKS_DIR",
     "MAX_BLOB_BYTES",
     "TMP_PREFIX",
+    "AppendResult",
     "Ledger",
+    "Reorg",
     "block_file_name",
     "check_block",
     "check_genesis",
     "list_block_files",
+    "load_block_tree",
     "read_block_file",
+    "read_regular_file",
+    "sha256_regular_file",
     "write_atomic",
 ]
 
@@ -59,6 +75,9 @@ MAX_BLOB_BYTES = 512 * 1024 * 1024
 
 _BLOCK_FILE_RE = re.compile(r"(\d{8,})-([0-9a-f]{64})\.json")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_CHUNK_BYTES = 1024 * 1024
+
+_log = logging.getLogger("torchchain.chain")
 
 
 def block_file_name(block: Block) -> str:
@@ -108,32 +127,101 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def list_block_files(blocks_dir: Path) -> list[tuple[int, str, str]]:
-    """The block files of a ``blocks/`` folder as ``(height, hash, file name)``, by height.
+    """The block files of a ``blocks/`` folder as ``(height, hash, file name)``, by height then hash.
 
-    Temporary ``.tmp-`` files are skipped. Heights must run 0, 1, 2, ... with one file each.
+    Temporary ``.tmp-`` files are skipped. Several files may share a height (forks); whether
+    they link up is :func:`load_block_tree`'s check.
 
     Raises:
-        LedgerError: A file name does not match the layout, a height is missing or repeated;
-            ``.block`` names the offending file.
+        LedgerError: A name does not match the layout (``.block`` names it) or the folder cannot
+            be listed.
     """
+    try:
+        names = os.listdir(blocks_dir)
+    except OSError as exc:
+        raise LedgerError(f"cannot list {blocks_dir}: {exc.strerror or exc}") from exc
     entries = []
-    for name in os.listdir(blocks_dir):
+    for name in names:
         if name.startswith(TMP_PREFIX):
             continue
         match = _BLOCK_FILE_RE.fullmatch(name)
         if match is None:
-            raise LedgerError("unexpected file in the blocks folder (expected <height>-<hash>.json)", block=name)
+            raise LedgerError(
+                "unexpected file in the blocks folder (expected <height>-<hash>.json)", block=_printable(name)
+            )
         entries.append((int(match.group(1)), match.group(2), name))
     entries.sort()
-    for expected_height, (height, _, name) in enumerate(entries):
-        if height != expected_height:
-            reason = (
-                f"a second file for height {height}"
-                if height < expected_height
-                else f"height {height} follows height {expected_height - 1}: block {expected_height} is missing"
-            )
-            raise LedgerError(reason, block=name)
     return entries
+
+
+def _printable(name: str) -> str:
+    # A hostile folder can hold names with control characters or undecodable bytes; an error
+    # message must still print on any terminal.
+    return name if name.isascii() and name.isprintable() else ascii(name)
+
+
+@contextlib.contextmanager
+def _open_regular_file(path: Path, max_bytes: int) -> Iterator[BinaryIO]:
+    """Opens ``path`` for reading if it is a regular file of at most ``max_bytes`` (checked with
+    ``fstat`` before any read).
+
+    Raises:
+        OSError: The file cannot be opened or read.
+        LedgerError: Not a regular file or too large (reason only).
+    """
+    # O_NONBLOCK: opening a FIFO planted in the folder would otherwise wait for a writer forever.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        # A device such as /dev/zero reports size 0 and never ends; only regular files are read.
+        if not stat.S_ISREG(info.st_mode):
+            raise LedgerError(f"{path.name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise LedgerError(f"{info.st_size} bytes is over the limit of {max_bytes} bytes")
+        yield f
+
+
+def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
+    """Reads a whole regular file, refusing it before reading if it is larger than ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: Nothing is at ``path``.
+        LedgerError: Not a regular file (a folder, device, FIFO), larger than ``max_bytes``
+            (also if it grows while being read), or unreadable; reason only, no ``.block``.
+    """
+    try:
+        with _open_regular_file(path, max_bytes) as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise LedgerError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise LedgerError(f"{path.name} grew over the limit of {max_bytes} bytes while being read")
+    return data
+
+
+def sha256_regular_file(path: Path, *, max_bytes: int) -> str:
+    """The SHA-256 (hex) of a regular file, streamed so that a large file costs no memory.
+
+    Raises:
+        FileNotFoundError: Nothing is at ``path``.
+        LedgerError: As :func:`read_regular_file`.
+    """
+    hasher = hashlib.sha256()
+    try:
+        with _open_regular_file(path, max_bytes) as f:
+            read = 0
+            while chunk := f.read(_CHUNK_BYTES):
+                read += len(chunk)
+                if read > max_bytes:
+                    raise LedgerError(f"{path.name} grew over the limit of {max_bytes} bytes while being read")
+                hasher.update(chunk)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise LedgerError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+    return hasher.hexdigest()
 
 
 def check_genesis(block: Block) -> None:
@@ -206,18 +294,105 @@ def check_block(block: Block, *, prev: Block, genesis: Block, check_signatures: 
             raise LedgerError(f"{who}: signature does not match the client's public key")
 
 
+def load_block_tree(
+    path: str | os.PathLike[str],
+    *,
+    check_signatures: bool = False,
+    check: Callable[[Block], None] | None = None,
+) -> BlockTree:
+    """Reads every block file of a ledger folder into a :class:`BlockTree`, checking each one.
+
+    Files are taken by height, then hash. Each is read with a size limit and parsed strictly
+    (:func:`read_block_file`); there must be exactly one genesis block (:func:`check_genesis`)
+    and every other block must extend a block read before it and pass :func:`check_block`
+    against that parent.
+
+    Args:
+        path: The ledger folder.
+        check_signatures: Also check every transaction signature (slow; an audit does).
+        check: Called with each block after it passed the checks above; raise
+            :class:`LedgerError` to refuse it (``.block`` is filled in).
+
+    Raises:
+        LedgerError: The folder is not a ledger or a block file is bad; ``.block`` names the
+            first bad file.
+    """
+    path = Path(path)
+    blocks_dir = path / BLOCKS_DIR
+    if not blocks_dir.is_dir():
+        raise LedgerError(f"{path} is not a ledger folder (no {BLOCKS_DIR}/ inside)")
+    entries = list_block_files(blocks_dir)
+    if not entries or entries[0][0] != 0:
+        raise LedgerError(f"{path} holds no genesis block (no block file for height 0)")
+    geneses = [name for height, _, name in entries if height == 0]
+    if len(geneses) > 1:
+        raise LedgerError(
+            f"{len(geneses)} block files claim height 0 ({', '.join(geneses)}); a ledger has exactly "
+            "one genesis block",
+            block=geneses[1],
+        )
+
+    def admit(name: str, block: Block, parent: Block | None) -> None:
+        try:
+            if parent is None:
+                check_genesis(block)
+            else:
+                check_block(block, prev=parent, genesis=tree.genesis, check_signatures=check_signatures)
+            if check is not None:
+                check(block)
+        except LedgerError as exc:
+            raise LedgerError(exc.reason, block=name) from None
+
+    height, digest, name = entries[0]
+    genesis = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
+    admit(name, genesis, None)
+    tree = BlockTree(genesis)
+    # By height, so a parent is always read before its children.
+    for height, digest, name in entries[1:]:
+        block = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
+        parent = tree.get(block.header.prev_hash)
+        if parent is None:
+            raise LedgerError(
+                f"orphan block: no block file holds its previous block {block.header.prev_hash[:12]} "
+                f"(height {height - 1})",
+                block=name,
+            )
+        admit(name, block, parent)
+        tree.add(block)
+    return tree
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What :meth:`Ledger.append` did to the best chain.
+
+    Attributes:
+        head: Hash of the head after the append.
+        switched: Whether the head moved to a different branch (then ``reorg`` says how).
+            Extending the head, adding a block to a side branch that stays lighter, and
+            appending a block already stored all leave it ``False``.
+        reorg: The reorganisation when ``switched``, else ``None``.
+    """
+
+    head: str
+    switched: bool
+    reorg: Reorg | None
+
+
 class Ledger:
     """A ledger folder opened for reading and appending.
 
-    Build one with :meth:`create` (new run) or :meth:`open` (resume, inspect). All blocks are
-    kept in memory; blobs stay on disk.
+    Build one with :meth:`create` (new run) or :meth:`open` (resume, inspect). All blocks, on
+    every branch, are kept in memory; blobs stay on disk. :attr:`head`, :attr:`height`,
+    :meth:`blocks` and :meth:`block` describe the best chain (most cumulative work, ties to the
+    lowest tip hash).
     """
 
-    def __init__(self, path: Path, blocks: list[Block]) -> None:
+    def __init__(self, path: Path, tree: BlockTree) -> None:
         """Use :meth:`create` or :meth:`open`; this constructor trusts its arguments."""
         self._path = Path(path)
-        self._blocks = blocks
-        self._members = tuple(blocks[0].meta["members"])
+        self._tree = tree
+        self._members = tuple(tree.genesis.meta["members"])
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], genesis: Block, *, blobs: Iterable[bytes] = ()) -> Ledger:
@@ -247,7 +422,7 @@ class Ledger:
             (path / BLOBS_DIR).mkdir(exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger folder {path}: {exc.strerror or exc}") from exc
-        ledger = cls(path, [genesis])
+        ledger = cls(path, BlockTree(genesis))
         for data in blobs:
             ledger.put_blob(data)
         write_atomic(blocks_dir / block_file_name(genesis), genesis.to_bytes())
@@ -255,43 +430,33 @@ class Ledger:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Ledger:
-        """Loads an existing ledger folder.
+        """Loads an existing ledger folder, every branch of it.
 
-        Every block file is parsed strictly and must be canonical; names must match heights and
-        hashes; heights run 0..h; each block links to the previous one and passes
-        :func:`check_block` except for signatures (run :func:`~torchchain.chain.verify.verify_ledger`
-        for a full audit, blobs included). Leftover ``.tmp-`` files are deleted.
+        Every block file is read within :data:`~torchchain.chain.block.MAX_BLOCK_BYTES`, parsed
+        strictly and must be canonical; names must match heights and hashes; there is exactly
+        one genesis block; every other block extends a stored block and passes
+        :func:`check_block` against it, except for signatures (run
+        :func:`~torchchain.chain.verify.verify_ledger` for a full audit, blobs included).
+        Leftover ``.tmp-`` files are deleted. The head is the tip of the chain with the most
+        cumulative work (ties: lowest hash), so reopening a ledger always picks the head the
+        appending node had.
 
         Raises:
-            LedgerError: The folder is not a ledger or a block file is bad; ``.block`` names the
+            LedgerError: The folder is not a ledger or a block file is bad (malformed, an
+                orphan whose parent is missing, a second genesis, ...); ``.block`` names the
                 first bad file.
         """
         path = Path(path)
-        blocks_dir = path / BLOCKS_DIR
-        if not blocks_dir.is_dir():
+        if not (path / BLOCKS_DIR).is_dir():
             raise LedgerError(f"{path} is not a ledger folder (no {BLOCKS_DIR}/ inside)")
-        for directory in (blocks_dir, path / BLOBS_DIR):
+        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR):
             if directory.is_dir():
                 for name in os.listdir(directory):
                     if name.startswith(TMP_PREFIX):
                         # A crash mid-write leaves these; a read-only copy of a ledger keeps them.
                         with contextlib.suppress(OSError):
                             os.unlink(directory / name)
-        entries = list_block_files(blocks_dir)
-        if not entries:
-            raise LedgerError(f"{path} holds no genesis block")
-        blocks: list[Block] = []
-        for height, digest, name in entries:
-            block = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
-            try:
-                if blocks:
-                    check_block(block, prev=blocks[-1], genesis=blocks[0], check_signatures=False)
-                else:
-                    check_genesis(block)
-            except LedgerError as exc:
-                raise LedgerError(exc.reason, block=name) from None
-            blocks.append(block)
-        return cls(path, blocks)
+        return cls(path, load_block_tree(path))
 
     @property
     def path(self) -> Path:
@@ -301,17 +466,22 @@ class Ledger:
     @property
     def genesis(self) -> Block:
         """Block 0."""
-        return self._blocks[0]
+        return self._tree.genesis
 
     @property
     def head(self) -> Block:
-        """The last block."""
-        return self._blocks[-1]
+        """The tip of the best chain."""
+        return self._tree.head
 
     @property
     def height(self) -> int:
         """The head's height (0 when only genesis exists)."""
-        return self._blocks[-1].header.height
+        return self._tree.head.header.height
+
+    @property
+    def forks(self) -> int:
+        """How many stored blocks are not on the best chain."""
+        return len(self._tree) - (self.height + 1)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -321,21 +491,32 @@ class Ledger:
     @property
     def config(self) -> dict[str, Any]:
         """A copy of the run configuration recorded in the genesis block."""
-        return copy.deepcopy(self._blocks[0].meta["config"])
+        return copy.deepcopy(self._tree.genesis.meta["config"])
 
     def blocks(self) -> list[Block]:
-        """All blocks, genesis first."""
-        return list(self._blocks)
+        """The blocks of the best chain, genesis first."""
+        return self._tree.chain()
 
     def block(self, height: int) -> Block:
-        """The block at ``height``.
+        """The best chain's block at ``height``.
 
         Raises:
-            LedgerError: No block has that height.
+            LedgerError: No block of the best chain has that height.
         """
-        if type(height) is not int or not 0 <= height < len(self._blocks):
+        if type(height) is not int or not 0 <= height <= self.height:
             raise LedgerError(f"no block at height {height!r}; the ledger's height is {self.height}")
-        return self._blocks[height]
+        return self._tree.block_at(height)
+
+    def block_by_hash(self, block_hash: str) -> Block:
+        """The stored block (on any branch) whose hash is ``block_hash``.
+
+        Raises:
+            LedgerError: No stored block has that hash.
+        """
+        block = self._tree.get(block_hash) if isinstance(block_hash, str) else None
+        if block is None:
+            raise LedgerError(f"no block of this ledger has hash {block_hash!r}")
+        return block
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob with SHA-256 ``digest`` is (or would be) stored.
@@ -368,36 +549,50 @@ class Ledger:
         """Reads the blob named ``digest`` and checks that its content hashes to the name.
 
         Raises:
-            LedgerError: The blob is missing, larger than ``max_bytes`` (checked before
-                reading) or corrupt.
+            LedgerError: The blob is missing, not a regular file, larger than ``max_bytes``
+                (checked before reading) or corrupt.
         """
         path = self.blob_path(digest)
         try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise LedgerError(f"blob {digest[:12]} is {size} bytes, over the limit of {max_bytes} bytes")
-            data = path.read_bytes()
+            data = read_regular_file(path, max_bytes=max_bytes)
         except FileNotFoundError:
             raise LedgerError(f"blob {digest[:12]} is missing from {path.parent}") from None
-        except OSError as exc:
-            raise LedgerError(f"cannot read blob {digest[:12]}: {exc.strerror or exc}") from exc
+        except LedgerError as exc:
+            raise LedgerError(f"blob {digest[:12]}: {exc.reason}") from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise LedgerError(f"blob {digest[:12]} is corrupt: its content does not hash to its name")
         return data
 
-    def append(self, block: Block) -> None:
-        """Checks ``block`` against the head and writes it.
+    def append(self, block: Block) -> AppendResult:
+        """Checks ``block`` against its parent, writes it, and moves the head if its branch is best.
+
+        The parent may be any stored block, not only the head: a block on a side branch is
+        stored, and becomes the head once its branch has the most cumulative work (ties: lowest
+        tip hash). A switch of branch is logged at WARNING on the ``torchchain.chain`` logger
+        and returned as a :class:`~torchchain.chain.fork.Reorg`. Appending a block that is
+        already stored changes nothing.
 
         Checks everything :func:`check_block` does, signatures included, and that the model
         blob and every transaction's update blob are stored (store blobs first).
 
+        Returns:
+            The head after the append and whether it switched branch.
+
         Raises:
-            LedgerError: A check failed or the write failed; nothing was written and the head
-                is unchanged. ``.block`` names the refused block's file name.
+            LedgerError: The parent is unknown, a check failed or the write failed; nothing was
+                written and the head is unchanged. ``.block`` names the refused block's file.
         """
         name = block_file_name(block)
+        if self._tree.get(block.hash) == block:
+            return AppendResult(head=self.head.hash, switched=False, reorg=None)
         try:
-            check_block(block, prev=self.head, genesis=self.genesis)
+            parent = self._tree.get(block.header.prev_hash)
+            if parent is None:
+                raise LedgerError(
+                    f"previous hash {block.header.prev_hash[:12]} is not the hash of a block of this ledger; "
+                    "append its parent first"
+                )
+            check_block(block, prev=parent, genesis=self.genesis)
             if not self.has_blob(block.header.model_hash):
                 raise LedgerError(f"model blob {block.header.model_hash[:12]} is not stored; put_blob it first")
             for i, tx in enumerate(block.transactions):
@@ -409,7 +604,17 @@ class Ledger:
             write_atomic(self._path / BLOCKS_DIR / name, block.to_bytes())
         except LedgerError as exc:
             raise LedgerError(exc.reason, block=name) from None
-        self._blocks.append(block)
+        reorg = self._tree.add(block)
+        if reorg is not None:
+            _log.warning(
+                "reorg: head moved from %s to %s (height %d); %d block(s) abandoned after common ancestor %s",
+                reorg.old_head[:12],
+                reorg.new_head[:12],
+                self.height,
+                reorg.depth,
+                reorg.common_ancestor[:12],
+            )
+        return AppendResult(head=self.head.hash, switched=reorg is not None, reorg=reorg)
 
     def __repr__(self) -> str:
         return f"Ledger(path={str(self._path)!r}, height={self.height}, head={self.head.hash[:12]!r})"
@@ -419,16 +624,17 @@ def read_block_file(path: Path, *, name: str, height: int, digest: str) -> Block
     """Reads and strictly parses one block file, checking it against its file name.
 
     Raises:
-        LedgerError: Unreadable, oversized, malformed, non-canonical, or height/hash differ from
-            the name; ``.block`` is ``name``.
+        LedgerError: Missing, not a regular file, over
+            :data:`~torchchain.chain.block.MAX_BLOCK_BYTES` (checked before reading),
+            malformed, non-canonical, or height/hash differ from the name; ``.block`` is
+            ``name``.
     """
     try:
-        size = path.stat().st_size
-        if size > MAX_BLOCK_BYTES:
-            raise LedgerError(f"{size} bytes is over the block limit of {MAX_BLOCK_BYTES} bytes", block=name)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LedgerError(f"cannot read the block file: {exc.strerror or exc}", block=name) from exc
+        data = read_regular_file(path, max_bytes=MAX_BLOCK_BYTES)
+    except FileNotFoundError:
+        raise LedgerError("the block file disappeared while the ledger was read", block=name) from None
+    except LedgerError as exc:
+        raise LedgerError(f"cannot read the block file: {exc.reason}", block=name) from None
     try:
         block = Block.from_bytes(data, name=name)
     except SerializationError as exc:

@@ -1,33 +1,25 @@
-"""Full audit of a ledger folder, block by block from genesis.
+"""Full audit of a ledger folder, every block on every branch, from genesis.
 
 :func:`verify_ledger` re-checks everything a node checked when it appended each block, from the
-files alone: strict canonical parsing, file names, proof of work at the chain's difficulty,
-hash links, Merkle roots, metadata and config hashes, transaction signatures, membership,
-rounds and base hashes, and that every update and model blob is stored and intact. It does not
-re-run aggregation: recomputing the model hashes is the runtime's audit, on top of this one.
+files alone: size limits before reading, strict canonical parsing, file names, one genesis,
+every block extending a stored block, proof of work at the chain's difficulty, hash links,
+Merkle roots, metadata and config hashes, transaction signatures, membership, rounds and base
+hashes, and that every update and model blob is stored and intact. Blocks on side branches are
+checked as strictly as the best chain's. It does not re-run aggregation: recomputing the model
+hashes is the runtime's audit, on top of this one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchchain.chain.block import Block
-from torchchain.chain.ledger import (
-    BLOBS_DIR,
-    BLOCKS_DIR,
-    check_block,
-    check_genesis,
-    list_block_files,
-    read_block_file,
-)
+from torchchain.chain.ledger import BLOBS_DIR, MAX_BLOB_BYTES, load_block_tree, sha256_regular_file
 from torchchain.errors import LedgerError
 
 __all__ = ["VerifyReport", "verify_ledger"]
-
-_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -35,36 +27,31 @@ class VerifyReport:
     """What :func:`verify_ledger` checked.
 
     Attributes:
-        height: Height of the head block.
+        height: Height of the head block (the tip of the best chain).
         head: Hash of the head block.
-        transactions: Number of transactions in all blocks.
-        blobs_checked: Number of distinct blobs whose content was hashed and matched its name.
+        transactions: Number of transactions in the blocks of the best chain.
+        blobs_checked: Number of distinct blobs, on every branch, whose content was hashed and
+            matched its name.
+        forks: Number of stored blocks that are not on the best chain (all of them verified).
     """
 
     height: int
     head: str
     transactions: int
     blobs_checked: int
+    forks: int = 0
 
     def summary(self) -> str:
         """One line for a terminal, e.g. ``ledger OK: 31 blocks (height 30), 150 transactions,
-        181 blobs verified, head 00001a2b3c4d``."""
+        181 blobs verified, head 00001a2b3c4d``; blocks off the best chain are mentioned only
+        when there are some (``..., 2 blocks on side branches, head ...``)."""
+        forks = ""
+        if self.forks > 0:
+            forks = f", {self.forks} block{'s' if self.forks != 1 else ''} on side branches"
         return (
             f"ledger OK: {self.height + 1} blocks (height {self.height}), {self.transactions} transactions, "
-            f"{self.blobs_checked} blobs verified, head {self.head[:12]}"
+            f"{self.blobs_checked} blobs verified{forks}, head {self.head[:12]}"
         )
-
-
-def _blob_matches(path: Path, digest: str) -> bool:
-    # Streams the file so that a huge blob costs no memory.
-    hasher = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK_BYTES):
-                hasher.update(chunk)
-    except OSError:
-        return False
-    return hasher.hexdigest() == digest
 
 
 def _check_blobs(block: Block, blobs_dir: Path, checked: set[str]) -> None:
@@ -78,50 +65,42 @@ def _check_blobs(block: Block, blobs_dir: Path, checked: set[str]) -> None:
     for digest, what in blobs:
         if digest in checked:
             continue
-        path = blobs_dir / digest
-        if not path.is_file():
-            raise LedgerError(f"{what} {digest[:12]} is missing from {blobs_dir}")
-        if not _blob_matches(path, digest):
+        try:
+            actual = sha256_regular_file(blobs_dir / digest, max_bytes=MAX_BLOB_BYTES)
+        except FileNotFoundError:
+            raise LedgerError(f"{what} {digest[:12]} is missing from {blobs_dir}") from None
+        except LedgerError as exc:
+            raise LedgerError(f"{what} {digest[:12]}: {exc.reason}") from None
+        if actual != digest:
             raise LedgerError(f"{what} {digest[:12]} is corrupt: its content does not hash to its name")
         checked.add(digest)
 
 
 def verify_ledger(path: str | os.PathLike[str]) -> VerifyReport:
-    """Audits the ledger folder at ``path``.
+    """Audits the ledger folder at ``path``: every stored block, on every branch.
+
+    Never writes to the folder (unlike :meth:`~torchchain.chain.ledger.Ledger.open`, it leaves
+    ``.tmp-`` files alone).
+
+    Returns:
+        A report on the best chain (most cumulative work, ties to the lowest tip hash).
 
     Raises:
-        LedgerError: The first failure found, walking from genesis; ``.block`` names the block
-            file at fault (for a missing or corrupt blob: the first block that refers to it).
+        LedgerError: The first failure found, walking block files by height then hash;
+            ``.block`` names the block file at fault (for a missing or corrupt blob: the first
+            block that refers to it).
     """
     path = Path(path)
-    blocks_dir = path / BLOCKS_DIR
     blobs_dir = path / BLOBS_DIR
-    if not blocks_dir.is_dir():
-        raise LedgerError(f"{path} is not a ledger folder (no {BLOCKS_DIR}/ inside)")
-    entries = list_block_files(blocks_dir)
-    if not entries:
-        raise LedgerError(f"{path} holds no genesis block")
-
-    first_height, first_digest, first_name = entries[0]
-    genesis = read_block_file(blocks_dir / first_name, name=first_name, height=first_height, digest=first_digest)
     checked: set[str] = set()
-    try:
-        check_genesis(genesis)
-        _check_blobs(genesis, blobs_dir, checked)
-    except LedgerError as exc:
-        raise LedgerError(exc.reason, block=first_name) from None
-
-    prev = genesis
-    transactions = 0
-    for height, digest, name in entries[1:]:
-        block = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
-        try:
-            check_block(block, prev=prev, genesis=genesis)
-            _check_blobs(block, blobs_dir, checked)
-        except LedgerError as exc:
-            raise LedgerError(exc.reason, block=name) from None
-        transactions += len(block.transactions)
-        prev = block
+    tree = load_block_tree(
+        path, check_signatures=True, check=lambda block: _check_blobs(block, blobs_dir, checked)
+    )
+    chain = tree.chain()
     return VerifyReport(
-        height=prev.header.height, head=prev.hash, transactions=transactions, blobs_checked=len(checked)
+        height=tree.head.header.height,
+        head=tree.head.hash,
+        transactions=sum(len(block.transactions) for block in chain),
+        blobs_checked=len(checked),
+        forks=len(tree) - len(chain),
     )
