@@ -14,8 +14,7 @@ from torchchain.runtime.simulation import Simulation
 from composing import FAST, compose_config
 
 # A stateful strategy, client momentum and an attack: everything a checkpoint must carry.
-SETTINGS = [*FAST, "rounds=5", "clients=6", "strategy=median", "strategy._target_=torchchain.strategies.CenteredClipping",
-            "+strategy.tau=1.0", "momentum=0.9", "lr=0.05", "attack=signflip"]
+SETTINGS = [*FAST, "rounds=5", "clients=6", "strategy=centered_clipping", "momentum=0.9", "lr=0.05", "attack=signflip"]
 
 
 class Stop(Exception):
