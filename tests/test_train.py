@@ -82,3 +82,29 @@ def test_regression_logs_rmse(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert "eval/rmse" in events.Tags()["scalars"]
+
+
+def test_eval_is_logged_only_in_evaluated_rounds_and_hparams_name_the_parts(tmp_path):
+    run(compose_config(["rounds=4", "runtime.eval_every=2", "strategy=krum", "strategy.pre=[nnm]", "clients=6", *FAST]), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
+    assert len(events.Scalars("chain/height")) == 4
+
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = {}
+    for path in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
+        tagged = EventAccumulator(str(path))
+        tagged.Reload()
+        try:
+            content = tagged.PluginTagToContent("hparams")
+        except KeyError:  # the scalar event file; add_hparams writes its own
+            continue
+        for blob in content.values():
+            data = plugin_data_pb2.HParamsPluginData.FromString(blob)
+            if data.HasField("session_start_info"):
+                found.update({k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()})
+    assert found["strategy"] == "krum"
+    assert "nnm" in found["strategy.pre"]
+    assert found["rounds"] == 4

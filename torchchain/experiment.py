@@ -164,6 +164,30 @@ def _recorded_config(cfg: DictConfig, *, byzantine: int) -> dict[str, Any]:
     return recorded
 
 
+def _hparams(cfg: DictConfig, strategy: Strategy, attack: Attack, byzantine: int, dataset: str) -> dict[str, Any]:
+    """What a sweep varies, flat, for TensorBoard's HParams tab: the parts and their arguments."""
+    params: dict[str, Any] = {
+        "dataset": dataset,
+        "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+        "clients": int(cfg.clients),
+        "byzantine": byzantine,
+        "rounds": int(cfg.rounds),
+        "lr": float(cfg.lr),
+        "local_epochs": int(cfg.local_epochs),
+        "partition": str(cfg.partition.kind),
+        "seed": int(cfg.seed),
+    }
+    for prefix, described in (("strategy", strategy.describe()), ("attack", attack.describe())):
+        for key, value in described.items():
+            name = prefix if key == "name" else f"{prefix}.{key}"
+            params[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return params
+
+
+def _final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    return {k: summary[k] for k in ("final_accuracy", "final_loss", "final_rmse") if summary.get(k) is not None}
+
+
 def _print_summary(summary: Mapping[str, Any], run_dir: Path) -> None:
     if "final_accuracy" in summary:
         quality = f"accuracy {summary['final_accuracy']:.4f}"
@@ -257,16 +281,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             resume=resuming,
         )
         summary = sim.run()
-        hparams = {
-            "strategy": type(strategy).__name__,
-            "attack": type(attack).__name__,
-            "byzantine": byzantine,
-            "clients": clients,
-            "dataset": data.name,
-            "seed": int(cfg.seed),
-        }
-        final = {k: summary[k] for k in ("final_accuracy", "final_loss", "final_rmse") if summary.get(k) is not None}
-        writer.hparams(hparams, final)
+        writer.hparams(_hparams(cfg, strategy, attack, byzantine, data.name), _final_metrics(summary))
     finally:
         writer.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -395,7 +395,8 @@ class Simulation:
         for rnd in bar:
             round_start = time.perf_counter()
             outcome, seconds, norms = self.run_round(rnd)
-            if rnd % self.settings.eval_every == 0 or rnd == self.settings.rounds:
+            evaluated = rnd % self.settings.eval_every == 0 or rnd == self.settings.rounds
+            if evaluated:
                 eval_start = time.perf_counter()
                 metrics = self.evaluate()
                 seconds["eval"] = time.perf_counter() - eval_start
@@ -403,7 +404,7 @@ class Simulation:
             round_seconds.append(elapsed)
             for name, value in seconds.items():
                 phase_totals[name] = phase_totals.get(name, 0.0) + value
-            self._log_round(rnd, outcome, metrics, seconds, elapsed, norms)
+            self._log_round(rnd, outcome, metrics if evaluated else {}, seconds, elapsed, norms)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in metrics.items() if k != "loss"}, "height": self.ledger.height})
         bar.close()
 
@@ -441,6 +442,7 @@ class Simulation:
         elapsed: float,
         norms: Mapping[str, float],
     ) -> None:
+        """Log one round; ``metrics`` is empty in rounds that were not evaluated."""
         if self.writer is None:
             return
         scalars = {f"eval/{k}": v for k, v in metrics.items()}
