@@ -17,9 +17,9 @@ OBJECT_COLLECTIVES = {
     "all_gather_object",
     "broadcast_object_list",
     "gather_object",
-    "recv_object_list",
+    "recv_object_list",  # deliberate: a name the scan looks for
     "scatter_object_list",
-    "send_object_list",
+    "send_object_list",  # deliberate: a name the scan looks for
 }
 
 
@@ -57,11 +57,11 @@ def test_the_scan_finds_each_way_of_unpickling() -> None:
 import pickle
 from dill import loads
 import torch, numpy as np
-torch.load(f)
-torch.load(f, weights_only=False)
+torch.load(f)  # deliberate: input for the scan's own test
+torch.load(f, weights_only=False)  # deliberate: input for the scan's own test
 torch.load(f, weights_only=True)
 np.load(f, allow_pickle=True)
-dist.broadcast_object_list(objs)
+dist.broadcast_object_list(objs)  # deliberate: input for the scan's own test
 """
     assert _pickle_uses(ast.parse(source)) == [
         "import pickle",
