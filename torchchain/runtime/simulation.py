@@ -142,7 +142,7 @@ class Simulation:
         pool = torch.arange(len(data.train))
         self.root: DataSplit | None = None
         if strategy.requires_reference:
-            root_samples = int(getattr(strategy, "root_samples"))
+            root_samples = int(strategy.root_samples)  # type: ignore[attr-defined]  # FLTrust's argument
             if not 0 < root_samples < len(data.train) - n:
                 raise ConfigError(
                     f"strategy.root_samples={root_samples} must lie between 1 and {len(data.train) - n - 1} "
@@ -165,7 +165,7 @@ class Simulation:
         malicious = set(torch.randperm(n, generator=derive_generator(settings.seed, "byzantine"))[:f].tolist())
         self.clients: list[Client] = []
         for i, idx in enumerate(parts):
-            split = DataSplit(features=data.train.features[idx], targets=data.train.targets[idx])
+            split = data.train.subset(idx)
             if i in malicious:
                 x, y = attack.poison_data(
                     split.features,
