@@ -212,17 +212,19 @@ def _resume_config(run_dir: Path) -> DictConfig:
 
 
 def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
-    """The summary of a run whose ledger already holds every round, or ``None`` if it does not."""
-    if not any((run_dir / "ledger" / "blocks").glob("*.json")):
+    """The summary of a run that already finished every round and wrote it, else ``None``.
+
+    A run killed after its last block but before ``summary.json`` is not finished: resuming
+    it evaluates the final model and writes the summary.
+    """
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file() or not any((run_dir / "ledger" / "blocks").glob("*.json")):
         return None
     ledger = Ledger.open(run_dir / "ledger")
     if ledger.height < rounds:
         return None
     print(f"torchchain: {run_dir} already finished all {rounds} rounds (ledger height {ledger.height}); nothing to do")
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text())
-    return {"rounds": rounds, "blocks": ledger.height + 1, "ledger": str(ledger.path.resolve()), "head": ledger.head.hash}
+    return json.loads(summary_file.read_text())
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -81,3 +81,13 @@ def test_resume_needs_a_run_folder(tmp_path):
 
     with pytest.raises(ConfigError, match="config.yaml"):
         _resume(tmp_path)
+
+
+def test_killed_after_the_last_block_but_before_the_summary(tmp_path):
+    first = run(compose_config([*FAST, "rounds=2"]), tmp_path)
+    (tmp_path / "summary.json").unlink()
+    resumed = _resume(tmp_path)
+    assert resumed["model_hash"] == first["model_hash"]
+    assert resumed["final_accuracy"] == first["final_accuracy"]
+    assert (tmp_path / "summary.json").is_file()
+    assert Ledger.open(tmp_path / "ledger").height == 2

@@ -407,6 +407,8 @@ class Simulation:
             self._log_round(rnd, outcome, metrics if evaluated else {}, seconds, elapsed, norms)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in metrics.items() if k != "loss"}, "height": self.ledger.height})
         bar.close()
+        if not metrics:  # resumed after the last block: nothing ran, the final model is unevaluated
+            metrics = self.evaluate()
 
         wall = time.perf_counter() - started
         total_phase = sum(round_seconds) or 1.0
