@@ -100,6 +100,15 @@ def _field_names(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
 
 
+def _record_from_dict(cls: type, d: Any, *, what: str) -> Any:
+    """Builds the frozen dataclass ``cls`` from exactly its fields; errors start with ``what``."""
+    _check_keys(what, d, _field_names(cls))
+    try:
+        return cls(**d)
+    except SerializationError as exc:
+        raise SerializationError(f"{what}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Transaction:
     """A client's signed record of one update.
@@ -178,14 +187,7 @@ class Transaction:
             SerializationError: A key is missing or unknown, or a field has the wrong type or
                 value. The message starts with ``what`` and names the field.
         """
-        _check_keys(what, d, _TX_FIELDS)
-        try:
-            return cls(**d)
-        except SerializationError as exc:
-            raise SerializationError(f"{what}: {exc}") from None
-
-
-_TX_FIELDS = _field_names(Transaction)
+        return _record_from_dict(cls, d, what=what)
 
 
 @dataclass(frozen=True)
@@ -264,14 +266,9 @@ class BlockHeader:
             SerializationError: A key is missing or unknown, or a field has the wrong type or
                 value. The message starts with ``what`` and names the field.
         """
-        _check_keys(what, d, _HEADER_FIELDS)
-        try:
-            return cls(**d)
-        except SerializationError as exc:
-            raise SerializationError(f"{what}: {exc}") from None
+        return _record_from_dict(cls, d, what=what)
 
 
-_HEADER_FIELDS = _field_names(BlockHeader)
 _BLOCK_KEYS = frozenset({"header", "transactions", "meta"})
 
 
