@@ -28,7 +28,8 @@ from torchchain.experiment import run
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+        hydra_config = HydraConfig.get()
+        summary = run(cfg, hydra_config.runtime.output_dir, overrides=list(hydra_config.overrides.task))
     except TorchchainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

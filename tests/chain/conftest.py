@@ -35,7 +35,7 @@ def genesis(keys: list[SigningKey], miner_key: SigningKey) -> Block:
         members=[k.public_key for k in keys],
         config=CONFIG,
         model_hash=sha256_hex(b"model-0"),
-        miner=miner_key.public_key,
+        miner=miner_key,
         difficulty=DIFFICULTY,
         time_ms=1_700_000_000_000,
     )
@@ -84,7 +84,7 @@ def _build_block(
         transactions=transactions,
         meta=meta,
         model_hash=sha256_hex(model),
-        miner=miner_key.public_key,
+        miner=miner_key,
         difficulty=DIFFICULTY,
         time_ms=1_700_000_000_000 + round_,
     )
@@ -151,7 +151,7 @@ def folder(
     path = tmp_path_factory.mktemp("hostile") / "ledger"
     genesis = make_genesis(
         members=[k.public_key for k in keys], config=HOSTILE_CONFIG, model_hash=sha256_hex(b"model-0"),
-        miner=miner_key.public_key, difficulty=DIFFICULTY, time_ms=1_700_000_000_000,
+        miner=miner_key, difficulty=DIFFICULTY, time_ms=1_700_000_000_000,
     )
     ledger = Ledger.create(path, genesis, blobs=[b"model-0"])
     b1 = child_block(ledger, genesis, "b1", signers=keys)

@@ -12,18 +12,21 @@ from torchchain.chain.block import (
     ZERO_HASH,
     Block,
     BlockHeader,
+    GenesisInfo,
     Transaction,
     config_hash,
+    genesis_info,
     make_block,
     make_genesis,
     merkle_root,
     meta_hash,
+    mine_header,
 )
 from torchchain.chain.crypto import SigningKey, sha256_hex, verify_signature
 from torchchain.chain.encoding import canonical_json, parse_json_object
 from torchchain.chain.fork import BlockTree, Reorg
 from torchchain.chain.ledger import AppendResult, Ledger
-from torchchain.chain.pow import block_work, meets_difficulty, mine
+from torchchain.chain.pow import block_work, meets_difficulty, mine_nonce
 from torchchain.chain.verify import VerifyReport, verify_ledger
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "Block",
     "BlockHeader",
     "BlockTree",
+    "GenesisInfo",
     "Ledger",
     "Reorg",
     "SigningKey",
@@ -40,12 +44,14 @@ __all__ = [
     "block_work",
     "canonical_json",
     "config_hash",
+    "genesis_info",
     "make_block",
     "make_genesis",
     "meets_difficulty",
     "merkle_root",
     "meta_hash",
-    "mine",
+    "mine_header",
+    "mine_nonce",
     "parse_json_object",
     "sha256_hex",
     "verify_ledger",

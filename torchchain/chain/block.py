@@ -8,9 +8,14 @@ work. Transactions are tied together by the Merkle tree of Merkle (1987), "A Dig
 Based on a Conventional Encryption Function", in the layout of Nakamoto (2008), "Bitcoin: A
 Peer-to-Peer Electronic Cash System".
 
+Every block is signed by its miner (Ed25519 over the domain-tagged block hash), and the genesis
+block lists the keys allowed to mine (``miners``) beside the clients allowed to submit
+(``members``), so a ledger rewritten by anyone else does not verify.
+
 Every class here is immutable and validates its fields when built, so an instance that exists
 is well-formed; ``from_dict``/``from_bytes`` are strict and accept exactly what ``to_dict``/
-``to_bytes`` produce.
+``to_bytes`` produce. Proof of work itself is :mod:`torchchain.chain.pow`, which works on bytes
+and knows nothing of blocks.
 """
 
 from __future__ import annotations
@@ -25,35 +30,50 @@ from typing import Any
 
 from torchchain.chain.crypto import SigningKey, sha256_hex, verify_signature
 from torchchain.chain.encoding import MAX_JSON_DEPTH, canonical_json, check_nesting, parse_json_object
-from torchchain.chain.pow import mine
+from torchchain.chain.pow import mine_nonce
 from torchchain.errors import SerializationError
 
 __all__ = [
+    "BLOCK_DOMAIN",
     "BLOCK_VERSION",
     "MAX_BLOCK_BYTES",
+    "MAX_MEMBERS",
     "MAX_META_DEPTH",
+    "MAX_TIME_MS",
     "TX_DOMAIN",
     "ZERO_HASH",
     "Block",
     "BlockHeader",
+    "GenesisInfo",
     "Transaction",
     "config_hash",
-    "genesis_members",
+    "genesis_info",
     "make_block",
     "make_genesis",
     "merkle_root",
     "meta_hash",
+    "mine_header",
 ]
 
 ZERO_HASH = "0" * 64
 """The ``prev_hash`` of the genesis block."""
 
-BLOCK_VERSION = 1
+BLOCK_VERSION = 2
 TX_DOMAIN = "torchchain/tx/v1"
 """Domain tag in every signed transaction payload, so a signature made for anything else never
 verifies as a transaction."""
+BLOCK_DOMAIN = b"torchchain/block/v2\x00"
+"""Prefix of the bytes a miner signs (then the 32-byte block hash), so a block signature is never
+a valid signature of anything else."""
 
-MAX_BLOCK_BYTES = 64 * 1024 * 1024
+MAX_BLOCK_BYTES = 16 * 1024 * 1024
+"""The largest block file any node writes or reads. A round block holds at most one
+transaction per member and a bounded record of rejections, so this leaves room for
+:data:`MAX_MEMBERS` members."""
+MAX_MEMBERS = 20_000
+"""The most client keys (and miner keys) a genesis block may list."""
+MAX_TIME_MS = 253_402_300_799_999
+"""The last millisecond of the year 9999: block times are Unix milliseconds up to this."""
 MAX_INT = 2**63 - 1
 MAX_NONCE = 2**64 - 1
 MAX_DIFFICULTY = 64
@@ -229,7 +249,7 @@ class BlockHeader:
         _check_int(what, "height", self.height, MAX_INT)
         _check_hex(what, "prev_hash", self.prev_hash)
         _check_int(what, "round", self.round, MAX_INT)
-        _check_int(what, "time_ms", self.time_ms, MAX_INT)
+        _check_int(what, "time_ms", self.time_ms, MAX_TIME_MS)
         _check_hex(what, "merkle_root", self.merkle_root)
         _check_hex(what, "model_hash", self.model_hash)
         _check_hex(what, "config_hash", self.config_hash)
@@ -254,6 +274,10 @@ class BlockHeader:
         """Returns a copy with another nonce."""
         return dataclasses.replace(self, nonce=nonce)
 
+    def signing_payload(self) -> bytes:
+        """The bytes a miner signs: :data:`BLOCK_DOMAIN` followed by the raw 32-byte block hash."""
+        return BLOCK_DOMAIN + bytes.fromhex(self.hash())
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form, one key per field."""
         return dataclasses.asdict(self)
@@ -269,7 +293,7 @@ class BlockHeader:
         return _record_from_dict(cls, d, what=what)
 
 
-_BLOCK_KEYS = frozenset({"header", "transactions", "meta"})
+_BLOCK_KEYS = frozenset({"header", "transactions", "meta", "signature"})
 
 
 def _json_object_copy(value: Any, what: str) -> dict[str, Any]:
@@ -284,22 +308,28 @@ def _json_object_copy(value: Any, what: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Block:
-    """A header, the transactions it commits to, and free-form metadata.
+    """A header, the transactions it commits to, free-form metadata, and the miner's signature.
 
     Attributes:
         header: The hashed header.
         transactions: The round's accepted transactions, in Merkle order.
-        meta: A JSON object. For genesis, ``{"members": [sorted public keys], "config": {...}}``;
-            for round blocks whatever the runtime records (rejections, trust scores, ...).
-            Nested at most :data:`MAX_META_DEPTH` levels. Stored as a private copy; treat it
-            as read-only.
+        meta: A JSON object. For genesis, ``{"members": [...], "miners": [...], "config": {...}}``
+            (sorted public keys); for round blocks the round record
+            (:mod:`torchchain.protocol.record`). Nested at most :data:`MAX_META_DEPTH` levels.
+            Stored as a private copy; treat it as read-only.
+        signature: The miner's Ed25519 signature over :meth:`BlockHeader.signing_payload`
+            (128 hex characters), or ``""`` while unsigned. The header commits to everything
+            else, so the signature covers the whole block.
     """
 
     header: BlockHeader
     transactions: tuple[Transaction, ...]
     meta: Mapping[str, Any]
+    signature: str = ""
 
     def __post_init__(self) -> None:
+        if self.signature != "":
+            _check_hex("block", "signature", self.signature, 128)
         if not isinstance(self.header, BlockHeader):
             raise TypeError(f"Block.header must be a BlockHeader, got {type(self.header).__name__}")
         transactions = tuple(self.transactions)
@@ -314,6 +344,22 @@ class Block:
         """The block hash, :meth:`BlockHeader.hash`."""
         return self.header.hash()
 
+    def signed(self, key: SigningKey) -> Block:
+        """Returns a copy signed by ``key``.
+
+        Raises:
+            ValueError: ``key`` is not the key of the header's ``miner``.
+        """
+        if key.public_key != self.header.miner:
+            raise ValueError(
+                f"cannot sign a block mined by {self.header.miner[:12]} with the key of {key.public_key[:12]}"
+            )
+        return dataclasses.replace(self, signature=key.sign(self.header.signing_payload()))
+
+    def has_valid_signature(self) -> bool:
+        """Whether :attr:`signature` is the header miner's valid signature over this block."""
+        return verify_signature(self.header.miner, self.header.signing_payload(), self.signature)
+
     def to_bytes(self) -> bytes:
         """The canonical bytes of the whole block, as stored in a block file."""
         return canonical_json(
@@ -321,6 +367,7 @@ class Block:
                 "header": self.header.to_dict(),
                 "transactions": [tx.to_dict() for tx in self.transactions],
                 "meta": self.meta,
+                "signature": self.signature,
             }
         )
 
@@ -351,7 +398,9 @@ class Block:
         )
         if not isinstance(d["meta"], dict):
             raise SerializationError(f"{name}: 'meta' must be a JSON object")
-        block = cls(header=header, transactions=transactions, meta=d["meta"])
+        if type(d["signature"]) is not str:
+            raise SerializationError(f"{name}: 'signature' must be a string")
+        block = cls(header=header, transactions=transactions, meta=d["meta"], signature=d["signature"])
         if block.to_bytes() != bytes(data):
             raise SerializationError(f"{name}: not in canonical form (the bytes were altered or re-encoded)")
         return block
@@ -390,29 +439,91 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return sha256_hex(canonical_json(dict(config)))
 
 
-def genesis_members(meta: Mapping[str, Any]) -> tuple[str, ...]:
-    """The member public keys listed in genesis metadata, checked.
+@dataclass(frozen=True)
+class GenesisInfo:
+    """What a genesis block fixes for the whole chain.
+
+    Attributes:
+        members: Client public keys allowed to submit updates, sorted.
+        miners: Public keys allowed to mine (and sign) blocks, sorted.
+        config: The protocol configuration (a JSON object) every node agrees on.
+        difficulty: Proof-of-work difficulty of every block of the chain.
+        config_hash: :func:`config_hash` of ``config``, copied into every header.
+    """
+
+    members: tuple[str, ...]
+    miners: tuple[str, ...]
+    config: Mapping[str, Any]
+    difficulty: int
+    config_hash: str
+
+
+def _sorted_keys(meta: Mapping[str, Any], field: str) -> tuple[str, ...]:
+    keys = meta[field]
+    if not isinstance(keys, list) or not keys:
+        raise SerializationError(f"genesis meta {field!r} must be a non-empty list of public keys")
+    if len(keys) > MAX_MEMBERS:
+        raise SerializationError(f"genesis meta {field!r} lists {len(keys)} keys, over the limit of {MAX_MEMBERS}")
+    for i, key in enumerate(keys):
+        _check_hex("genesis meta", f"{field}[{i}]", key)
+    if keys != sorted(set(keys)):
+        raise SerializationError(f"genesis meta {field!r} must be sorted and without duplicates")
+    return tuple(keys)
+
+
+def genesis_info(block: Block) -> GenesisInfo:
+    """The members, miners and config a genesis block lists, checked.
 
     Raises:
-        SerializationError: ``meta`` is not exactly ``{"members": [...], "config": {...}}``, or
-            the members are not distinct 64-hex public keys in sorted order.
+        SerializationError: The meta is not exactly ``{"members": [...], "miners": [...],
+            "config": {...}}``, or a key list is empty, too long, unsorted, repeated or
+            malformed.
     """
-    if not isinstance(meta, Mapping):
-        raise SerializationError(f"genesis meta must be a JSON object, got {type(meta).__name__}")
+    meta = block.meta
     _check_keys("genesis meta", dict(meta), _GENESIS_META_KEYS)
-    members = meta["members"]
-    if not isinstance(members, list) or not members:
-        raise SerializationError("genesis meta 'members' must be a non-empty list of public keys")
-    for i, member in enumerate(members):
-        _check_hex("genesis meta", f"members[{i}]", member)
-    if members != sorted(set(members)):
-        raise SerializationError("genesis meta 'members' must be sorted and without duplicates")
+    members = _sorted_keys(meta, "members")
+    miners = _sorted_keys(meta, "miners")
     if not isinstance(meta["config"], Mapping):
         raise SerializationError("genesis meta 'config' must be a JSON object")
-    return tuple(members)
+    return GenesisInfo(
+        members=members,
+        miners=miners,
+        config=meta["config"],
+        difficulty=block.header.difficulty,
+        config_hash=block.header.config_hash,
+    )
 
 
-_GENESIS_META_KEYS = frozenset({"members", "config"})
+_GENESIS_META_KEYS = frozenset({"members", "miners", "config"})
+
+
+def mine_header(header: BlockHeader, *, start_nonce: int = 0) -> BlockHeader:
+    """``header`` with the first nonce at or above ``start_nonce`` that meets its difficulty
+    (:func:`torchchain.chain.pow.mine_nonce` over :meth:`BlockHeader.prefix_bytes`)."""
+    return header.with_nonce(mine_nonce(header.prefix_bytes(), header.difficulty, start_nonce=start_nonce))
+
+
+def _seal(header: BlockHeader, transactions: tuple[Transaction, ...], meta: dict[str, Any], key: SigningKey) -> Block:
+    """Checks the block's size, then mines and signs it: a node never mines a block it would refuse."""
+    if key.public_key != header.miner:
+        raise ValueError("the signing key must be the header's miner")
+    unsigned = Block(header=header, transactions=transactions, meta=meta, signature="0" * 128)
+    size = len(unsigned.to_bytes()) + 20  # the nonce may take up to 20 digits
+    if size > MAX_BLOCK_BYTES:
+        raise SerializationError(
+            f"the block would be {size} bytes, over the limit of {MAX_BLOCK_BYTES} bytes that every node enforces"
+        )
+    block = Block(header=mine_header(header), transactions=transactions, meta=meta)
+    return block.signed(key)
+
+
+def _key_list(keys: Sequence[str], what: str) -> list[str]:
+    if isinstance(keys, str):
+        raise SerializationError(f"{what} must be a sequence of public keys, not one string")
+    ordered = sorted(keys)
+    if len(set(ordered)) != len(ordered):
+        raise SerializationError(f"{what} must not repeat a public key")
+    return ordered
 
 
 def make_genesis(
@@ -420,31 +531,36 @@ def make_genesis(
     members: Sequence[str],
     config: Mapping[str, Any],
     model_hash: str,
-    miner: str,
+    miner: SigningKey,
     difficulty: int,
     time_ms: int,
+    miners: Sequence[str] | None = None,
 ) -> Block:
-    """Builds and mines the genesis block of a run.
+    """Builds, mines and signs the genesis block of a run.
 
     Args:
         members: Public keys of the clients allowed to submit updates (any order; stored sorted).
-        config: The run configuration, a JSON object; its hash goes into every header.
+        config: The protocol configuration, a JSON object; its hash goes into every header.
         model_hash: SHA-256 of the initial global model blob.
-        miner: Public key of the node creating the chain.
+        miner: The key of the node creating the chain; it signs the genesis block.
         difficulty: Proof-of-work difficulty in leading zero bits, for every block of the chain.
         time_ms: Creation time, milliseconds since the Unix epoch.
+        miners: Public keys allowed to mine blocks of this chain (any order; stored sorted);
+            default: ``miner``'s alone. ``miner`` must be one of them.
 
     Raises:
-        SerializationError: A member key is malformed or repeated, or a field is out of range.
+        SerializationError: A key is malformed or repeated, ``miner`` is not among ``miners``,
+            or a field is out of range.
     """
-    if isinstance(members, str):
-        raise SerializationError("members must be a sequence of public keys, not one string")
-    sorted_members = sorted(members)
-    if len(set(sorted_members)) != len(sorted_members):
-        raise SerializationError("members must not repeat a public key")
+    sorted_members = _key_list(members, "members")
+    sorted_miners = _key_list([miner.public_key] if miners is None else miners, "miners")
+    if miner.public_key not in sorted_miners:
+        raise SerializationError("the genesis miner must be one of the chain's miners")
     config_copy = _json_object_copy(config, "config")
-    meta = {"members": sorted_members, "config": config_copy}
-    genesis_members(meta)
+    meta = {"members": sorted_members, "miners": sorted_miners, "config": config_copy}
+    _check_keys("genesis meta", meta, _GENESIS_META_KEYS)
+    for field in ("members", "miners"):
+        _sorted_keys(meta, field)
     header = BlockHeader(
         version=BLOCK_VERSION,
         height=0,
@@ -456,10 +572,10 @@ def make_genesis(
         config_hash=config_hash(config_copy),
         meta_hash=meta_hash(meta),
         difficulty=difficulty,
-        miner=miner,
+        miner=miner.public_key,
         nonce=0,
     )
-    return Block(header=mine(header), transactions=(), meta=meta)
+    return _seal(header, (), meta, miner)
 
 
 def make_block(
@@ -469,18 +585,19 @@ def make_block(
     transactions: Sequence[Transaction],
     meta: Mapping[str, Any],
     model_hash: str,
-    miner: str,
+    miner: SigningKey,
     difficulty: int,
     time_ms: int,
 ) -> Block:
-    """Builds and mines the block that follows ``prev``.
+    """Builds, mines and signs the block that follows ``prev``.
 
     The Merkle root covers the transactions' hashes in the order given; the config hash is
-    copied from ``prev``. Whether the block is acceptable (members, signatures, rounds) is the
-    ledger's check, not this function's.
+    copied from ``prev``. Whether the block is acceptable (members, miners, signatures, rounds)
+    is the ledger's check, not this function's; its size is checked here, before mining.
 
     Raises:
-        SerializationError: A field is out of range or ``meta`` is not a JSON object.
+        SerializationError: A field is out of range, ``meta`` is not a JSON object, or the
+            block would exceed :data:`MAX_BLOCK_BYTES`.
     """
     transactions = tuple(transactions)
     meta_copy = _json_object_copy(meta, "block meta")
@@ -495,7 +612,7 @@ def make_block(
         config_hash=prev.header.config_hash,
         meta_hash=meta_hash(meta_copy),
         difficulty=difficulty,
-        miner=miner,
+        miner=miner.public_key,
         nonce=0,
     )
-    return Block(header=mine(header), transactions=transactions, meta=meta_copy)
+    return _seal(header, transactions, meta_copy, miner)

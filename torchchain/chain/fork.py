@@ -5,7 +5,7 @@ the branch with the most cumulative proof of work, the rule of Nakamoto (2008), 
 Peer-to-Peer Electronic Cash System". Ties go to the tip with the lowest hash, so every node
 that holds the same blocks follows the same chain, whatever order the blocks arrived in.
 
-:class:`BlockTree` trusts its input: it only links blocks and chooses the best tip. Whether a
+:class:`BlockTree` trusts its input: it only links headers and chooses the best tip. Whether a
 block is valid is the ledger's check (:func:`torchchain.chain.ledger.check_block`), made before
 a block is added.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchchain.chain.block import Block
+from torchchain.chain.block import BlockHeader
 from torchchain.chain.pow import block_work
 
 __all__ = ["BlockTree", "Reorg"]
@@ -39,44 +39,53 @@ class Reorg:
 
 
 class BlockTree:
-    """Every block descending from one genesis, and the best chain among them.
+    """Every block header descending from one genesis, and the best chain among them.
+
+    The tree holds headers only (a few hundred bytes each), never transactions or metadata, so
+    a node can follow a long chain of large blocks in little memory; block bodies stay on disk.
 
     The best tip maximises cumulative work (the sum of :func:`~torchchain.chain.pow.block_work`
     from genesis to the tip), ties broken by the lowest tip hash. Because the rule compares
-    blocks only, the best tip after adding a set of blocks does not depend on their order.
+    headers only, the best tip after adding a set of blocks does not depend on their order.
     """
 
-    def __init__(self, genesis: Block) -> None:
-        self._blocks: dict[str, Block] = {genesis.hash: genesis}
-        self._work: dict[str, int] = {genesis.hash: block_work(genesis.header.difficulty)}
-        self._chain: list[Block] = [genesis]
+    def __init__(self, genesis: BlockHeader) -> None:
+        genesis_hash = genesis.hash()
+        self._headers: dict[str, BlockHeader] = {genesis_hash: genesis}
+        self._work: dict[str, int] = {genesis_hash: block_work(genesis.difficulty)}
+        self._chain: list[str] = [genesis_hash]
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return len(self._headers)
 
     def __contains__(self, block_hash: object) -> bool:
-        return block_hash in self._blocks
+        return block_hash in self._headers
 
-    def get(self, block_hash: str) -> Block | None:
-        """The block with hash ``block_hash``, or ``None`` if the tree does not hold it."""
-        return self._blocks.get(block_hash)
-
-    @property
-    def genesis(self) -> Block:
-        """The root block."""
-        return self._chain[0]
+    def get(self, block_hash: str) -> BlockHeader | None:
+        """The header with hash ``block_hash``, or ``None`` if the tree does not hold it."""
+        return self._headers.get(block_hash)
 
     @property
-    def head(self) -> Block:
-        """The tip of the best chain."""
+    def genesis(self) -> BlockHeader:
+        """The root block's header."""
+        return self._headers[self._chain[0]]
+
+    @property
+    def head(self) -> BlockHeader:
+        """The header of the tip of the best chain."""
+        return self._headers[self._chain[-1]]
+
+    @property
+    def head_hash(self) -> str:
+        """The hash of the tip of the best chain."""
         return self._chain[-1]
 
-    def chain(self) -> list[Block]:
-        """The best chain, genesis first (a new list)."""
+    def chain(self) -> list[str]:
+        """The hashes of the best chain, genesis first (a new list)."""
         return list(self._chain)
 
-    def block_at(self, height: int) -> Block:
-        """The best chain's block at ``height``.
+    def hash_at(self, height: int) -> str:
+        """The hash of the best chain's block at ``height``.
 
         Raises:
             IndexError: ``height`` is not in ``[0, head height]``.
@@ -85,10 +94,13 @@ class BlockTree:
             raise IndexError(f"no block at height {height} on the best chain")
         return self._chain[height]
 
-    def on_best_chain(self, block: Block) -> bool:
-        """Whether ``block`` is one of the best chain's blocks."""
-        height = block.header.height
-        return height < len(self._chain) and self._chain[height].hash == block.hash
+    def on_best_chain(self, block_hash: str) -> bool:
+        """Whether the block ``block_hash`` is one of the best chain's blocks."""
+        header = self._headers.get(block_hash)
+        if header is None:
+            return False
+        height = header.height
+        return height < len(self._chain) and self._chain[height] == block_hash
 
     def work(self, block_hash: str) -> int:
         """Cumulative work from genesis to the block ``block_hash``, both included.
@@ -98,13 +110,13 @@ class BlockTree:
         """
         return self._work[block_hash]
 
-    def _beats_head(self, block: Block) -> bool:
-        work, head_work = self._work[block.hash], self._work[self.head.hash]
+    def _beats_head(self, block_hash: str) -> bool:
+        work, head_work = self._work[block_hash], self._work[self.head_hash]
         # Hashes are fixed-length lowercase hex, so string order is numeric order.
-        return work > head_work or (work == head_work and block.hash < self.head.hash)
+        return work > head_work or (work == head_work and block_hash < self.head_hash)
 
-    def add(self, block: Block) -> Reorg | None:
-        """Links ``block`` under its parent and moves the head if the block's branch is now best.
+    def add(self, header: BlockHeader) -> Reorg | None:
+        """Links the block of ``header`` under its parent and moves the head if its branch is now best.
 
         Adding a block already held changes nothing.
 
@@ -115,26 +127,29 @@ class BlockTree:
         Raises:
             KeyError: The tree does not hold the block's parent.
         """
-        if block.hash in self._blocks:
+        block_hash = header.hash()
+        if block_hash in self._headers:
             return None
-        parent_hash = block.header.prev_hash
-        work = self._work[parent_hash] + block_work(block.header.difficulty)
-        self._blocks[block.hash] = block
-        self._work[block.hash] = work
-        if not self._beats_head(block):
+        parent_hash = header.prev_hash
+        work = self._work[parent_hash] + block_work(header.difficulty)
+        self._headers[block_hash] = header
+        self._work[block_hash] = work
+        if not self._beats_head(block_hash):
             return None
-        old_head = self.head
-        if parent_hash == old_head.hash:
-            self._chain.append(block)
+        old_head = self.head_hash
+        if parent_hash == old_head:
+            self._chain.append(block_hash)
             return None
-        branch = [block]
+        branch = [block_hash]
         while not self.on_best_chain(branch[-1]):
-            branch.append(self._blocks[branch[-1].header.prev_hash])
+            branch.append(self._headers[branch[-1]].prev_hash)
         ancestor = branch.pop()
-        self._chain[ancestor.header.height + 1 :] = reversed(branch)
+        ancestor_height = self._headers[ancestor].height
+        old_height = self._headers[old_head].height
+        self._chain[ancestor_height + 1 :] = reversed(branch)
         return Reorg(
-            old_head=old_head.hash,
-            new_head=block.hash,
-            common_ancestor=ancestor.hash,
-            depth=old_head.header.height - ancestor.header.height,
+            old_head=old_head,
+            new_head=block_hash,
+            common_ancestor=ancestor,
+            depth=old_height - ancestor_height,
         )

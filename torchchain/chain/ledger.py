@@ -5,10 +5,19 @@ Layout::
     <path>/blocks/00000000-<hash>.json   one file per block: Block.to_bytes()
     <path>/blobs/<sha256>                update and model bytes, named by their SHA-256
 
+    <path>/.lock                         held (flock) by the one process that writes
+
 Every file is written to a ``.tmp-`` file in the same folder, fsynced, renamed over its final
-name and the folder fsynced, so after a crash a file is either whole or absent; leftover
-``.tmp-`` files are deleted on :meth:`Ledger.open`. Blocks are only ever added; blobs are
-named by their hash, so rewriting one is harmless.
+name and the folder fsynced, so after a crash a file is either whole or absent. Blocks are only
+ever added; blobs are named by their hash, so rewriting one is harmless.
+
+Readers never write: :meth:`Ledger.open` reads, skips ``.tmp-`` files and changes nothing, so
+``torchchain inspect`` or ``verify`` can run beside a training run. Only a writer
+(:meth:`Ledger.create`, :meth:`Ledger.open_writer`) holds the ``.lock`` file, which also stops a
+second writer, and only it deletes what a crash left behind.
+
+Memory stays small however long the chain: the ledger keeps the genesis block and the headers
+of the other blocks; a block's transactions and metadata are read from its file when asked for.
 
 Several blocks may share a height (two miners, a fork): every stored block must extend another
 stored block, and the ledger follows the chain with the most cumulative work
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import logging
 import os
@@ -40,8 +50,10 @@ from torchchain.chain.block import (
     MAX_BLOCK_BYTES,
     ZERO_HASH,
     Block,
+    BlockHeader,
+    GenesisInfo,
     config_hash,
-    genesis_members,
+    genesis_info,
     merkle_root,
     meta_hash,
 )
@@ -52,7 +64,9 @@ from torchchain.errors import LedgerError, SerializationError
 __all__ = [
     "BLOBS_DIR",
     "BLOCKS_DIR",
+    "LOCK_FILE",
     "MAX_BLOB_BYTES",
+    "MAX_CLOCK_SKEW_MS",
     "TMP_PREFIX",
     "AppendResult",
     "Ledger",
@@ -71,7 +85,11 @@ __all__ = [
 BLOCKS_DIR = "blocks"
 BLOBS_DIR = "blobs"
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
 MAX_BLOB_BYTES = 512 * 1024 * 1024
+MAX_CLOCK_SKEW_MS = 2 * 60 * 60 * 1000
+"""How far a block's time may lie before its parent's: miners' clocks differ, but a chain
+whose time runs backwards by more than this was not mined in the order it claims."""
 
 _BLOCK_FILE_RE = re.compile(r"(\d{8,})-([0-9a-f]{64})\.json")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -224,11 +242,12 @@ def sha256_regular_file(path: Path, *, max_bytes: int) -> str:
     return hasher.hexdigest()
 
 
-def check_genesis(block: Block) -> None:
-    """Checks a genesis block on its own (no disk access).
+def check_genesis(block: Block) -> GenesisInfo:
+    """Checks a genesis block on its own (no disk access) and returns what it fixes.
 
     Raises:
-        LedgerError: The block is not a well-formed genesis block (reason only, no ``.block``).
+        LedgerError: The block is not a well-formed genesis block, its miner is not among the
+            miners it lists, or it is not signed by that miner (reason only, no ``.block``).
     """
     header = block.header
     if header.height != 0 or header.prev_hash != ZERO_HASH or header.round != 0:
@@ -236,12 +255,14 @@ def check_genesis(block: Block) -> None:
     if block.transactions:
         raise LedgerError("a genesis block holds no transactions")
     try:
-        genesis_members(block.meta)
+        info = genesis_info(block)
     except SerializationError as exc:
         raise LedgerError(str(exc)) from None
     if header.config_hash != config_hash(block.meta["config"]):
         raise LedgerError("config hash in the header does not match the genesis config")
     _check_commitments(block)
+    _check_miner(block, info)
+    return info
 
 
 def _check_commitments(block: Block) -> None:
@@ -254,30 +275,47 @@ def _check_commitments(block: Block) -> None:
         raise LedgerError("meta hash does not match the block's metadata")
 
 
-def check_block(block: Block, *, prev: Block, genesis: Block, check_signatures: bool = True) -> None:
-    """Checks that ``block`` may follow ``prev`` in the chain started by ``genesis`` (no disk access).
+def _check_miner(block: Block, genesis: GenesisInfo) -> None:
+    miner = block.header.miner
+    if miner not in genesis.miners:
+        raise LedgerError(f"miner {miner[:12]} is not one of the miners the genesis block authorizes")
+    if not block.has_valid_signature():
+        raise LedgerError(f"the block is not signed by its miner {miner[:12]}")
 
-    Checks the height and hash link, the proof of work, that the difficulty and config hash
-    equal the genesis ones, the Merkle root and meta hash, and for each transaction: signed by
-    its client (skipped when ``check_signatures`` is false), client a genesis member, same round
-    as the block, computed against ``prev``, at most one per client.
+
+def check_block(block: Block, *, prev: BlockHeader, genesis: GenesisInfo, check_signatures: bool = True) -> None:
+    """Checks that ``block`` may follow ``prev`` in the chain that ``genesis`` starts (no disk access).
+
+    Checks the height and hash link; that the round is the parent's plus one and the time is
+    not earlier than the parent's by more than :data:`MAX_CLOCK_SKEW_MS`; the proof of work;
+    that the difficulty and config hash equal the genesis ones; that the miner is one the
+    genesis block authorizes and signed the block; the Merkle root and meta hash; and for each
+    transaction: signed by its client (skipped when ``check_signatures`` is false), client a
+    genesis member, same round as the block, computed against ``prev``, at most one per client.
 
     Raises:
         LedgerError: The first failed check (reason only, no ``.block``).
     """
     header = block.header
-    if header.height != prev.header.height + 1:
-        raise LedgerError(f"height {header.height} does not follow height {prev.header.height}")
-    if header.prev_hash != prev.hash:
-        raise LedgerError(f"previous hash {header.prev_hash[:12]} is not the hash of block {prev.header.height}")
-    if header.difficulty != genesis.header.difficulty:
+    prev_hash = prev.hash()
+    if header.height != prev.height + 1:
+        raise LedgerError(f"height {header.height} does not follow height {prev.height}")
+    if header.prev_hash != prev_hash:
+        raise LedgerError(f"previous hash {header.prev_hash[:12]} is not the hash of block {prev.height}")
+    if header.round != prev.round + 1:
+        raise LedgerError(f"round {header.round} does not follow round {prev.round}: rounds increase by one")
+    if header.time_ms < prev.time_ms - MAX_CLOCK_SKEW_MS:
         raise LedgerError(
-            f"difficulty {header.difficulty} differs from the chain's difficulty {genesis.header.difficulty}"
+            f"time {header.time_ms} ms is {prev.time_ms - header.time_ms} ms before its parent's; "
+            f"at most {MAX_CLOCK_SKEW_MS} ms of clock skew is tolerated"
         )
-    if header.config_hash != genesis.header.config_hash:
+    if header.difficulty != genesis.difficulty:
+        raise LedgerError(f"difficulty {header.difficulty} differs from the chain's difficulty {genesis.difficulty}")
+    if header.config_hash != genesis.config_hash:
         raise LedgerError("config hash differs from the genesis config hash")
     _check_commitments(block)
-    members = frozenset(genesis.meta["members"])
+    _check_miner(block, genesis)
+    members = frozenset(genesis.members)
     seen: set[str] = set()
     for i, tx in enumerate(block.transactions):
         who = f"transaction {i} (client {tx.client[:12]})"
@@ -288,7 +326,7 @@ def check_block(block: Block, *, prev: Block, genesis: Block, check_signatures: 
         seen.add(tx.client)
         if tx.round != header.round:
             raise LedgerError(f"{who}: round {tx.round} differs from the block's round {header.round}")
-        if tx.base_hash != prev.hash:
+        if tx.base_hash != prev_hash:
             raise LedgerError(f"{who}: base hash {tx.base_hash[:12]} is not the previous block's hash")
         if check_signatures and not tx.has_valid_signature():
             raise LedgerError(f"{who}: signature does not match the client's public key")
@@ -299,13 +337,17 @@ def load_block_tree(
     *,
     check_signatures: bool = False,
     check: Callable[[Block], None] | None = None,
-) -> BlockTree:
+) -> tuple[Block, BlockTree]:
     """Reads every block file of a ledger folder into a :class:`BlockTree`, checking each one.
 
     Files are taken by height, then hash. Each is read with a size limit and parsed strictly
     (:func:`read_block_file`); there must be exactly one genesis block (:func:`check_genesis`)
     and every other block must extend a block read before it and pass :func:`check_block`
-    against that parent.
+    against that parent. Blocks are streamed: only the genesis block and the headers are kept,
+    so memory is bounded by the largest block, not the chain's length.
+
+    Returns:
+        The genesis block and the tree of every block's header.
 
     Args:
         path: The ledger folder.
@@ -332,21 +374,15 @@ def load_block_tree(
             block=geneses[1],
         )
 
-    def admit(name: str, block: Block, parent: Block | None) -> None:
-        try:
-            if parent is None:
-                check_genesis(block)
-            else:
-                check_block(block, prev=parent, genesis=tree.genesis, check_signatures=check_signatures)
-            if check is not None:
-                check(block)
-        except LedgerError as exc:
-            raise LedgerError(exc.reason, block=name) from None
-
     height, digest, name = entries[0]
     genesis = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
-    admit(name, genesis, None)
-    tree = BlockTree(genesis)
+    try:
+        info = check_genesis(genesis)
+        if check is not None:
+            check(genesis)
+    except LedgerError as exc:
+        raise LedgerError(exc.reason, block=name) from None
+    tree = BlockTree(genesis.header)
     # By height, so a parent is always read before its children.
     for height, digest, name in entries[1:]:
         block = read_block_file(blocks_dir / name, name=name, height=height, digest=digest)
@@ -357,9 +393,15 @@ def load_block_tree(
                 f"(height {height - 1})",
                 block=name,
             )
-        admit(name, block, parent)
-        tree.add(block)
-    return tree
+        try:
+            check_block(block, prev=parent, genesis=info, check_signatures=check_signatures)
+            if check is not None:
+                check(block)
+        except LedgerError as exc:
+            raise LedgerError(exc.reason, block=name) from None
+        tree.add(block.header)
+        del block  # only the header stays in memory
+    return genesis, tree
 
 
 @dataclass(frozen=True)
@@ -380,23 +422,61 @@ class AppendResult:
 
 
 class Ledger:
-    """A ledger folder opened for reading and appending.
+    """A ledger folder, opened for reading (:meth:`open`) or writing (:meth:`create`,
+    :meth:`open_writer`).
 
-    Build one with :meth:`create` (new run) or :meth:`open` (resume, inspect). All blocks, on
-    every branch, are kept in memory; blobs stay on disk. :attr:`head`, :attr:`height`,
-    :meth:`blocks` and :meth:`block` describe the best chain (most cumulative work, ties to the
-    lowest tip hash).
+    The genesis block and every block's header are kept in memory; transactions and metadata
+    are read from the block files when asked for (a small cache keeps the head). :attr:`head`,
+    :attr:`height`, :meth:`blocks` and :meth:`block` describe the best chain (most cumulative
+    work, ties to the lowest tip hash).
+
+    A writer holds an exclusive lock on ``<path>/.lock`` until :meth:`close` (or until the
+    object is collected); a reader takes no lock and never writes. Use either as a context
+    manager to close it on exit.
     """
 
-    def __init__(self, path: Path, tree: BlockTree) -> None:
-        """Use :meth:`create` or :meth:`open`; this constructor trusts its arguments."""
+    _CACHE_SIZE = 4
+
+    def __init__(self, path: Path, genesis: Block, tree: BlockTree, *, lock: BinaryIO | None = None) -> None:
+        """Use :meth:`create`, :meth:`open` or :meth:`open_writer`; this constructor trusts its arguments."""
         self._path = Path(path)
+        self._genesis = genesis
+        self._info = genesis_info(genesis)
         self._tree = tree
-        self._members = tuple(tree.genesis.meta["members"])
+        self._lock = lock
+        self._cache: dict[str, Block] = {genesis.hash: genesis}
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @staticmethod
+    def _acquire_lock(path: Path) -> BinaryIO:
+        try:
+            lock = open(path / LOCK_FILE, "a+b")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise LedgerError(f"cannot open the lock file of {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise LedgerError(
+                f"another process is writing the ledger {path} (it holds {LOCK_FILE}); "
+                "wait for it to finish, or read the ledger with Ledger.open / torchchain inspect"
+            ) from None
+        return lock
+
+    @staticmethod
+    def _remove_leftovers(path: Path) -> None:
+        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR):
+            if directory.is_dir():
+                for name in os.listdir(directory):
+                    if name.startswith(TMP_PREFIX):
+                        # A crash mid-write leaves these; only the lock holder may delete them.
+                        with contextlib.suppress(OSError):
+                            os.unlink(directory / name)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], genesis: Block, *, blobs: Iterable[bytes] = ()) -> Ledger:
-        """Starts a ledger in ``path`` (created if missing) with ``genesis`` as block 0.
+        """Starts a ledger in ``path`` (created if missing) with ``genesis`` as block 0, for writing.
 
         Args:
             path: The ledger folder.
@@ -406,8 +486,8 @@ class Ledger:
                 :meth:`put_blob`).
 
         Raises:
-            LedgerError: The folder already holds blocks, the genesis block is malformed, or
-                the folder cannot be written.
+            LedgerError: The folder already holds blocks, another process writes it, the
+                genesis block is malformed, or the folder cannot be written.
         """
         path = Path(path)
         blocks_dir = path / BLOCKS_DIR
@@ -422,7 +502,9 @@ class Ledger:
             (path / BLOBS_DIR).mkdir(exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger folder {path}: {exc.strerror or exc}") from exc
-        ledger = cls(path, BlockTree(genesis))
+        lock = cls._acquire_lock(path)
+        ledger = cls(path, genesis, BlockTree(genesis.header), lock=lock)
+        cls._remove_leftovers(path)
         for data in blobs:
             ledger.put_blob(data)
         write_atomic(blocks_dir / block_file_name(genesis), genesis.to_bytes())
@@ -430,16 +512,17 @@ class Ledger:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Ledger:
-        """Loads an existing ledger folder, every branch of it.
+        """Loads an existing ledger folder, every branch of it, for reading only.
 
         Every block file is read within :data:`~torchchain.chain.block.MAX_BLOCK_BYTES`, parsed
         strictly and must be canonical; names must match heights and hashes; there is exactly
         one genesis block; every other block extends a stored block and passes
-        :func:`check_block` against it, except for signatures (run
-        :func:`~torchchain.chain.verify.verify_ledger` for a full audit, blobs included).
-        Leftover ``.tmp-`` files are deleted. The head is the tip of the chain with the most
-        cumulative work (ties: lowest hash), so reopening a ledger always picks the head the
-        appending node had.
+        :func:`check_block` against it, except for transaction signatures (run
+        :func:`~torchchain.chain.verify.verify_ledger` for a full audit, blobs included). The
+        head is the tip of the chain with the most cumulative work (ties: lowest hash), so
+        reopening a ledger always picks the head the appending node had.
+
+        Nothing is written: ``.tmp-`` files of a writer at work are skipped, not deleted.
 
         Raises:
             LedgerError: The folder is not a ledger or a block file is bad (malformed, an
@@ -449,14 +532,54 @@ class Ledger:
         path = Path(path)
         if not (path / BLOCKS_DIR).is_dir():
             raise LedgerError(f"{path} is not a ledger folder (no {BLOCKS_DIR}/ inside)")
-        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR):
-            if directory.is_dir():
-                for name in os.listdir(directory):
-                    if name.startswith(TMP_PREFIX):
-                        # A crash mid-write leaves these; a read-only copy of a ledger keeps them.
-                        with contextlib.suppress(OSError):
-                            os.unlink(directory / name)
-        return cls(path, load_block_tree(path))
+        genesis, tree = load_block_tree(path)
+        return cls(path, genesis, tree)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike[str]) -> Ledger:
+        """Loads an existing ledger folder for appending (to resume a run).
+
+        Takes the folder's lock, deletes the ``.tmp-`` files a crash left behind, then loads
+        the ledger as :meth:`open` does.
+
+        Raises:
+            LedgerError: As :meth:`open`, or another process already writes the ledger.
+        """
+        path = Path(path)
+        if not (path / BLOCKS_DIR).is_dir():
+            raise LedgerError(f"{path} is not a ledger folder (no {BLOCKS_DIR}/ inside)")
+        lock = cls._acquire_lock(path)
+        try:
+            cls._remove_leftovers(path)
+            genesis, tree = load_block_tree(path)
+        except BaseException:
+            lock.close()
+            raise
+        return cls(path, genesis, tree, lock=lock)
+
+    @property
+    def writable(self) -> bool:
+        """Whether this object holds the writer's lock (and may append and store blobs)."""
+        return self._lock is not None and not self._lock.closed
+
+    def close(self) -> None:
+        """Releases the writer's lock (a reader has nothing to release). Idempotent."""
+        if self._lock is not None and not self._lock.closed:
+            self._lock.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require_writer(self, action: str) -> None:
+        if not self.writable:
+            raise LedgerError(
+                f"cannot {action}: {self._path} was opened for reading; use Ledger.create or Ledger.open_writer"
+            )
+
+    # -- the chain -------------------------------------------------------------------------
 
     @property
     def path(self) -> Path:
@@ -466,17 +589,27 @@ class Ledger:
     @property
     def genesis(self) -> Block:
         """Block 0."""
-        return self._tree.genesis
+        return self._genesis
+
+    @property
+    def genesis_info(self) -> GenesisInfo:
+        """What the genesis block fixes: members, miners, config, difficulty."""
+        return self._info
 
     @property
     def head(self) -> Block:
         """The tip of the best chain."""
-        return self._tree.head
+        return self._load(self._tree.head_hash)
+
+    @property
+    def head_hash(self) -> str:
+        """The hash of the tip of the best chain (no file read)."""
+        return self._tree.head_hash
 
     @property
     def height(self) -> int:
         """The head's height (0 when only genesis exists)."""
-        return self._tree.head.header.height
+        return self._tree.head.height
 
     @property
     def forks(self) -> int:
@@ -486,16 +619,52 @@ class Ledger:
     @property
     def members(self) -> tuple[str, ...]:
         """Public keys allowed to submit updates, sorted, from the genesis block."""
-        return self._members
+        return self._info.members
+
+    @property
+    def miners(self) -> tuple[str, ...]:
+        """Public keys allowed to mine blocks, sorted, from the genesis block."""
+        return self._info.miners
 
     @property
     def config(self) -> dict[str, Any]:
-        """A copy of the run configuration recorded in the genesis block."""
-        return copy.deepcopy(self._tree.genesis.meta["config"])
+        """A copy of the protocol configuration recorded in the genesis block."""
+        return copy.deepcopy(dict(self._info.config))
+
+    def header(self, block_hash: str) -> BlockHeader:
+        """The header of the stored block ``block_hash`` (any branch; no file read).
+
+        Raises:
+            LedgerError: No stored block has that hash.
+        """
+        header = self._tree.get(block_hash) if isinstance(block_hash, str) else None
+        if header is None:
+            raise LedgerError(f"no block of this ledger has hash {block_hash!r}")
+        return header
+
+    def _load(self, block_hash: str) -> Block:
+        cached = self._cache.get(block_hash)
+        if cached is not None:
+            return cached
+        header = self.header(block_hash)
+        name = f"{header.height:08d}-{block_hash}.json"
+        block = read_block_file(self._path / BLOCKS_DIR / name, name=name, height=header.height, digest=block_hash)
+        if len(self._cache) >= self._CACHE_SIZE:
+            # Keep genesis; drop the oldest other entry.
+            oldest = next(h for h in self._cache if h != self._genesis.hash)
+            del self._cache[oldest]
+        self._cache[block_hash] = block
+        return block
+
+    def iter_blocks(self, start: int = 0) -> Iterator[Block]:
+        """The blocks of the best chain from height ``start``, read one at a time."""
+        for block_hash in self._tree.chain()[start:]:
+            yield self._load(block_hash)
 
     def blocks(self) -> list[Block]:
-        """The blocks of the best chain, genesis first."""
-        return self._tree.chain()
+        """The blocks of the best chain, genesis first (all read into memory: prefer
+        :meth:`iter_blocks` for long chains)."""
+        return list(self.iter_blocks())
 
     def block(self, height: int) -> Block:
         """The best chain's block at ``height``.
@@ -505,7 +674,7 @@ class Ledger:
         """
         if type(height) is not int or not 0 <= height <= self.height:
             raise LedgerError(f"no block at height {height!r}; the ledger's height is {self.height}")
-        return self._tree.block_at(height)
+        return self._load(self._tree.hash_at(height))
 
     def block_by_hash(self, block_hash: str) -> Block:
         """The stored block (on any branch) whose hash is ``block_hash``.
@@ -513,10 +682,14 @@ class Ledger:
         Raises:
             LedgerError: No stored block has that hash.
         """
-        block = self._tree.get(block_hash) if isinstance(block_hash, str) else None
-        if block is None:
-            raise LedgerError(f"no block of this ledger has hash {block_hash!r}")
-        return block
+        self.header(block_hash)  # raises for an unknown hash
+        return self._load(block_hash)
+
+    def on_best_chain(self, block_hash: str) -> bool:
+        """Whether the stored block ``block_hash`` is on the best chain."""
+        return self._tree.on_best_chain(block_hash)
+
+    # -- blobs -----------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob with SHA-256 ``digest`` is (or would be) stored.
@@ -536,8 +709,9 @@ class Ledger:
         """Stores ``data`` under its SHA-256 and returns the hex digest (no-op if present).
 
         Raises:
-            LedgerError: The blob cannot be written.
+            LedgerError: The ledger was opened for reading, or the blob cannot be written.
         """
+        self._require_writer("store a blob")
         data = bytes(data)
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
@@ -563,7 +737,9 @@ class Ledger:
             raise LedgerError(f"blob {digest[:12]} is corrupt: its content does not hash to its name")
         return data
 
-    def append(self, block: Block) -> AppendResult:
+    # -- appending -------------------------------------------------------------------------
+
+    def append(self, block: Block, *, blobs: Iterable[str] = ()) -> AppendResult:
         """Checks ``block`` against its parent, writes it, and moves the head if its branch is best.
 
         The parent may be any stored block, not only the head: a block on a side branch is
@@ -573,18 +749,22 @@ class Ledger:
         already stored changes nothing.
 
         Checks everything :func:`check_block` does, signatures included, and that the model
-        blob and every transaction's update blob are stored (store blobs first).
+        blob, every transaction's update blob and every digest in ``blobs`` (other blobs the
+        block refers to) are stored (store blobs first).
 
         Returns:
             The head after the append and whether it switched branch.
 
         Raises:
-            LedgerError: The parent is unknown, a check failed or the write failed; nothing was
-                written and the head is unchanged. ``.block`` names the refused block's file.
+            LedgerError: The ledger was opened for reading, the parent is unknown, a check
+                failed or the write failed; nothing was written and the head is unchanged.
+                ``.block`` names the refused block's file.
         """
+        self._require_writer("append a block")
         name = block_file_name(block)
-        if self._tree.get(block.hash) == block:
-            return AppendResult(head=self.head.hash, switched=False, reorg=None)
+        block_hash = block.hash
+        if block_hash in self._tree:
+            return AppendResult(head=self.head_hash, switched=False, reorg=None)
         try:
             parent = self._tree.get(block.header.prev_hash)
             if parent is None:
@@ -592,7 +772,7 @@ class Ledger:
                     f"previous hash {block.header.prev_hash[:12]} is not the hash of a block of this ledger; "
                     "append its parent first"
                 )
-            check_block(block, prev=parent, genesis=self.genesis)
+            check_block(block, prev=parent, genesis=self._info)
             if not self.has_blob(block.header.model_hash):
                 raise LedgerError(f"model blob {block.header.model_hash[:12]} is not stored; put_blob it first")
             for i, tx in enumerate(block.transactions):
@@ -601,10 +781,13 @@ class Ledger:
                         f"transaction {i} (client {tx.client[:12]}): update blob {tx.update_hash[:12]} "
                         "is not stored; put_blob it first"
                     )
+            for digest in blobs:
+                if not self.has_blob(digest):
+                    raise LedgerError(f"blob {str(digest)[:12]} the block refers to is not stored; put_blob it first")
             write_atomic(self._path / BLOCKS_DIR / name, block.to_bytes())
         except LedgerError as exc:
             raise LedgerError(exc.reason, block=name) from None
-        reorg = self._tree.add(block)
+        reorg = self._tree.add(block.header)
         if reorg is not None:
             _log.warning(
                 "reorg: head moved from %s to %s (height %d); %d block(s) abandoned after common ancestor %s",
@@ -614,10 +797,11 @@ class Ledger:
                 reorg.depth,
                 reorg.common_ancestor[:12],
             )
-        return AppendResult(head=self.head.hash, switched=reorg is not None, reorg=reorg)
+        return AppendResult(head=self.head_hash, switched=reorg is not None, reorg=reorg)
 
     def __repr__(self) -> str:
-        return f"Ledger(path={str(self._path)!r}, height={self.height}, head={self.head.hash[:12]!r})"
+        mode = "writer" if self.writable else "reader"
+        return f"Ledger(path={str(self._path)!r}, height={self.height}, head={self.head_hash[:12]!r}, {mode})"
 
 
 def read_block_file(path: Path, *, name: str, height: int, digest: str) -> Block:

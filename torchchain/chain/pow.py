@@ -8,14 +8,10 @@ counted in leading zero bits of the SHA-256 digest, so each extra bit doubles th
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 from torchchain.errors import LedgerError
 
-if TYPE_CHECKING:
-    from torchchain.chain.block import BlockHeader
-
-__all__ = ["block_work", "meets_difficulty", "mine"]
+__all__ = ["block_work", "meets_difficulty", "mine_nonce"]
 
 _DIGEST_BITS = 256
 _NONCE_LIMIT = 2**64
@@ -48,38 +44,40 @@ def block_work(bits: int) -> int:
     return 2**bits
 
 
-def mine(header: BlockHeader, *, start_nonce: int = 0) -> BlockHeader:
-    """Searches nonces upward from ``start_nonce`` until the header's hash meets its difficulty.
+def mine_nonce(prefix: bytes, bits: int, *, start_nonce: int = 0) -> int:
+    """Searches nonces upward from ``start_nonce`` until ``SHA-256(prefix + nonce)`` starts with
+    ``bits`` zero bits; the nonce is hashed as 8 big-endian bytes.
 
-    The header's nonce-free prefix is hashed once; each try copies that SHA-256 state and feeds
-    it only the 8 nonce bytes, and the digest is compared as bytes against a precomputed target
-    (big-endian bytes order like the numbers they encode).
+    ``prefix`` is hashed once; each try copies that SHA-256 state and feeds it only the 8 nonce
+    bytes, and the digest is compared as bytes against a precomputed target (big-endian bytes
+    order like the numbers they encode). Works on bytes only, so it knows nothing of blocks.
 
     Args:
-        header: The header to mine; its own nonce is ignored.
+        prefix: The nonce-free part of the hashed input (a header's ``prefix_bytes()``).
+        bits: Difficulty in leading zero bits.
         start_nonce: The first nonce to try (lets several workers split the search).
 
     Returns:
-        ``header`` with the first nonce at or above ``start_nonce`` that meets the difficulty.
+        The first nonce at or above ``start_nonce`` that meets the difficulty.
 
     Raises:
-        ValueError: ``start_nonce`` is outside [0, 2**64).
+        ValueError: ``start_nonce`` is outside [0, 2**64) or ``bits`` outside [0, 256].
         LedgerError: No nonce from ``start_nonce`` to 2**64 - 1 works (only conceivable with a
             start near the top of the range).
     """
+    _check_bits(bits)
     if type(start_nonce) is not int or not 0 <= start_nonce < _NONCE_LIMIT:
         raise ValueError(f"start_nonce must be an integer in [0, 2**64), got {start_nonce!r}")
-    bits = header.difficulty
     if bits == 0:
-        return header.with_nonce(start_nonce)
+        return start_nonce
     # digest < target  <=>  the first `bits` bits of the digest are zero.
     target = (1 << (_DIGEST_BITS - bits)).to_bytes(32, "big")
-    copy_midstate = hashlib.sha256(header.prefix_bytes()).copy
+    copy_midstate = hashlib.sha256(prefix).copy
     for nonce in range(start_nonce, _NONCE_LIMIT):
         candidate = copy_midstate()
         candidate.update(nonce.to_bytes(8, "big"))
         if candidate.digest() < target:
-            return header.with_nonce(nonce)
+            return nonce
     raise LedgerError(
         f"no nonce in [{start_nonce}, 2**64) meets difficulty {bits}; mine from a lower start_nonce"
     )

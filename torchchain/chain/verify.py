@@ -3,8 +3,9 @@
 :func:`verify_ledger` re-checks everything a node checked when it appended each block, from the
 files alone: size limits before reading, strict canonical parsing, file names, one genesis,
 every block extending a stored block, proof of work at the chain's difficulty, hash links,
-Merkle roots, metadata and config hashes, transaction signatures, membership, rounds and base
-hashes, and that every update and model blob is stored and intact. Blocks on side branches are
+rounds that increase by one, times that do not run backwards, block signatures by authorized
+miners, Merkle roots, metadata and config hashes, transaction signatures, membership and base
+hashes, and that every update and model blob (and any blob a caller names) is stored and intact. Blocks on side branches are
 checked as strictly as the best chain's. It does not re-run aggregation: recomputing the model
 hashes is the runtime's audit, on top of this one.
 """
@@ -12,6 +13,7 @@ hashes is the runtime's audit, on top of this one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +56,21 @@ class VerifyReport:
         )
 
 
-def _check_blobs(block: Block, blobs_dir: Path, checked: set[str]) -> None:
-    """Checks the model blob and every update blob of ``block``, skipping those in ``checked``
-    and adding the ones that pass."""
+BlobRefs = Callable[[Block], Iterable[tuple[str, str]]]
+"""A function naming the blobs a block refers to beyond its model and updates, as
+``(digest, what)`` pairs; the protocol layer supplies one for its round records."""
+
+
+def _check_blobs(block: Block, blobs_dir: Path, checked: set[str], extra: BlobRefs | None) -> None:
+    """Checks the model blob, every update blob and every ``extra`` blob of ``block``,
+    skipping those in ``checked`` and adding the ones that pass."""
     blobs = [(block.header.model_hash, "model blob")]
     blobs += [
         (tx.update_hash, f"transaction {i} (client {tx.client[:12]}): update blob")
         for i, tx in enumerate(block.transactions)
     ]
+    if extra is not None:
+        blobs += list(extra(block))
     for digest, what in blobs:
         if digest in checked:
             continue
@@ -76,11 +85,24 @@ def _check_blobs(block: Block, blobs_dir: Path, checked: set[str]) -> None:
         checked.add(digest)
 
 
-def verify_ledger(path: str | os.PathLike[str]) -> VerifyReport:
+def verify_ledger(
+    path: str | os.PathLike[str],
+    *,
+    expect_head: str | None = None,
+    blob_refs: BlobRefs | None = None,
+) -> VerifyReport:
     """Audits the ledger folder at ``path``: every stored block, on every branch.
 
-    Never writes to the folder (unlike :meth:`~torchchain.chain.ledger.Ledger.open`, it leaves
-    ``.tmp-`` files alone).
+    Blocks are streamed (read, checked, dropped), so memory is bounded by the largest block.
+    Never writes to the folder (``.tmp-`` files of a writer at work are skipped).
+
+    Args:
+        path: The ledger folder.
+        expect_head: The head hash the caller expects (from a run's ``summary.json`` or a
+            peer); a ledger whose best chain ends elsewhere (truncated, or a swapped branch)
+            is refused.
+        blob_refs: Names further blobs each block refers to, which must be stored and intact
+            (see :data:`BlobRefs`); raising :class:`LedgerError` refuses the block.
 
     Returns:
         A report on the best chain (most cumulative work, ties to the lowest tip hash).
@@ -93,14 +115,24 @@ def verify_ledger(path: str | os.PathLike[str]) -> VerifyReport:
     path = Path(path)
     blobs_dir = path / BLOBS_DIR
     checked: set[str] = set()
-    tree = load_block_tree(
-        path, check_signatures=True, check=lambda block: _check_blobs(block, blobs_dir, checked)
-    )
+    tx_counts: dict[str, int] = {}
+
+    def check(block: Block) -> None:
+        _check_blobs(block, blobs_dir, checked, blob_refs)
+        tx_counts[block.hash] = len(block.transactions)
+
+    genesis, tree = load_block_tree(path, check_signatures=True, check=check)
     chain = tree.chain()
+    if expect_head is not None and tree.head_hash != expect_head:
+        where = "is on a side branch" if expect_head in tree else "is not in this ledger (truncated or replaced?)"
+        raise LedgerError(
+            f"the ledger's head is {tree.head_hash[:12]} at height {tree.head.height}, but {expect_head[:12]} "
+            f"was expected; that block {where}"
+        )
     return VerifyReport(
-        height=tree.head.header.height,
-        head=tree.head.hash,
-        transactions=sum(len(block.transactions) for block in chain),
+        height=tree.head.height,
+        head=tree.head_hash,
+        transactions=sum(tx_counts[h] for h in chain),
         blobs_checked=len(checked),
         forks=len(tree) - len(chain),
     )

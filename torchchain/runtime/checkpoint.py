@@ -1,13 +1,13 @@
-"""Run checkpoints: the state a resumed run needs that the ledger does not hold.
+"""Run checkpoints: the private state a resumed run needs that the ledger does not hold.
 
-The ledger holds every global model, so the only state to save is what lives outside it: the
-strategy's state (e.g. centered clipping's centre), the attack's state, and each client's SGD
+The ledger holds every global model and the round state (the strategy's state), so the only
+state to save is what is private to this process: the attack's state and each client's SGD
 momentum. Everything else (partitions, keys, random streams) is derived from the seed.
 
-A checkpoint for round ``r`` is written *before* block ``r`` is appended, and the previous one
-is kept, so whatever instant a crash hits, the checkpoint matching the ledger's last whole block
-is on disk. Files are safetensors (tensors, plus JSON text in the header's metadata): nothing is
-unpickled on resume.
+A checkpoint is keyed by the hash of the block it belongs with. It is written *before* that
+block is appended, and its parent's is kept, so whatever instant a crash hits, the checkpoint
+matching the ledger's last whole block is on disk. Files are safetensors (tensors, plus JSON
+text in the header's metadata): nothing is unpickled on resume.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from torchchain.errors import ConfigError
 
 __all__ = ["checkpoint_path", "load_checkpoint", "save_checkpoint"]
 
-_NAME = re.compile(r"^round_(\d{8})\.safetensors$")
+_NAME = re.compile(r"^block_([0-9a-f]{64})\.safetensors$")
 
 
-def checkpoint_path(folder: str | Path, round: int) -> Path:
-    """Where the checkpoint taken after ``round`` lives inside ``folder``."""
-    return Path(folder) / f"round_{round:08d}.safetensors"
+def checkpoint_path(folder: str | Path, block_hash: str) -> Path:
+    """Where the checkpoint that goes with block ``block_hash`` lives inside ``folder``."""
+    return Path(folder) / f"block_{block_hash}.safetensors"
 
 
 def _split(state: Mapping[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -49,37 +49,33 @@ def _split(state: Mapping[str, Any], prefix: str, tensors: dict[str, torch.Tenso
 
 def save_checkpoint(
     folder: str | Path,
-    round: int,
+    block_hash: str,
     *,
-    strategy_state: Mapping[str, Any],
+    parent: str,
     attack_state: Mapping[str, Any],
     momentum: Mapping[int, Mapping[str, torch.Tensor]],
 ) -> Path:
-    """Write the checkpoint taken after ``round`` atomically and delete all but the previous one.
+    """Write the checkpoint of block ``block_hash`` atomically; delete all but it and its parent's.
 
     Args:
         folder: The run's checkpoint folder (created if missing).
-        round: The round whose block is about to be appended.
-        strategy_state: ``strategy.state_dict()``: tensors, and JSON-serializable values.
-        attack_state: ``attack.state_dict()``, likewise.
+        block_hash: The block about to be appended.
+        parent: The hash of its parent, whose checkpoint is kept until the block is on disk.
+        attack_state: ``attack.state_dict()``: tensors, and JSON-serializable values.
         momentum: Each client's momentum buffers by client index and parameter name.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    meta = {
-        "round": round,
-        "strategy": _split(strategy_state, "strategy/", tensors),
-        "attack": _split(attack_state, "attack/", tensors),
-    }
+    meta = {"block": block_hash, "attack": _split(attack_state, "attack/", tensors)}
     for index, buffers in momentum.items():
         _split(buffers, f"momentum/{index}/", tensors)
-    path = checkpoint_path(folder, round)
+    path = checkpoint_path(folder, block_hash)
     write_atomic(path, st_save(tensors, metadata={"torchchain": json.dumps(meta, sort_keys=True)}))
     for old in folder.iterdir():
         match = _NAME.match(old.name)
         # Older checkpoints are never needed again; temporary files are what a crash left behind.
-        if (match and int(match.group(1)) < round - 1) or old.name.startswith(TMP_PREFIX):
+        if (match and match.group(1) not in (block_hash, parent)) or old.name.startswith(TMP_PREFIX):
             old.unlink(missing_ok=True)
     return path
 
@@ -88,7 +84,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        ``{"round": int, "strategy": dict, "attack": dict, "momentum": {index: {name: tensor}}}``.
+        ``{"block": str, "attack": dict, "momentum": {index: {name: tensor}}}``.
 
     Raises:
         ConfigError: if the file is missing or malformed; the message names it.
@@ -99,12 +95,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["torchchain"])
+        state: dict[str, Any] = {"block": str(meta["block"]), "attack": dict(meta["attack"]), "momentum": {}}
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot resume: checkpoint {path} is missing or malformed ({exc})") from None
-    state: dict[str, Any] = {"round": int(meta["round"]), "strategy": dict(meta["strategy"]), "attack": dict(meta["attack"]), "momentum": {}}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
-        if kind in ("strategy", "attack"):
+        if kind == "attack":
             state[kind][rest] = tensor
         elif kind == "momentum":
             index, _, param = rest.partition("/")

@@ -18,7 +18,7 @@ from torch import nn
 from torchchain.chain.block import Transaction
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.data import DataSplit
-from torchchain.runtime.node import Submission
+from torchchain.protocol.submission import Submission
 from torchchain.updates.serialize import update_to_bytes
 
 __all__ = ["Client", "LocalTraining", "evaluate", "train_local"]

@@ -32,10 +32,12 @@ from torchchain.chain.ledger import Ledger
 from torchchain.data import DataSplit, TaskData
 from torchchain.data.partition import partition
 from torchchain.errors import ConfigError
+from torchchain.protocol.record import RoundRecord
+from torchchain.protocol.round import RoundRules
+from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
-from torchchain.runtime.node import Node, RoundOutcome, Submission
-from torchchain.strategies.base import Strategy
+from torchchain.runtime.node import Node, PreparedBlock
 from torchchain.telemetry import RunWriter
 from torchchain.updates.delta import compute_delta, flatten, unflatten
 from torchchain.updates.serialize import update_from_bytes, update_to_bytes
@@ -58,7 +60,6 @@ class SimulationSettings:
         alpha: Dirichlet concentration (``partition="dirichlet"``).
         shards_per_client: Label shards per client (``partition="shards"``).
         difficulty: Proof-of-work difficulty in leading zero bits.
-        max_update_bytes: The node rejects larger update payloads unread.
         eval_every: Evaluate the global model every this many rounds (and always at the last).
         progress: Show a progress bar.
     """
@@ -73,7 +74,6 @@ class SimulationSettings:
     alpha: float = 0.5
     shards_per_client: int = 2
     difficulty: int = 16
-    max_update_bytes: int = 64 << 20
     eval_every: int = 1
     progress: bool = True
 
@@ -95,19 +95,24 @@ def _client_key(seed: int, index: int) -> SigningKey:
 class Simulation:
     """Runs the protocol for ``settings.clients`` clients and one node in this process.
 
+    The strategy is not passed in: it is built from the genesis block's config by the
+    protocol (:meth:`RoundRules.from_genesis`), exactly as a validator or ``torchchain audit``
+    builds it.
+
     Args:
         data: The task's train and test splits.
         model: The model; its initial weights are the genesis model.
-        strategy: Aggregation strategy (``setup`` is called here).
         attack: What the malicious clients do (``setup`` is called here).
         settings: Sizes, seeds, training and chain settings.
         run_dir: Folder for the ledger (``ledger/``) and TensorBoard events (``tensorboard/``).
-        config: The run's resolved config, recorded in the genesis block so an auditor knows
-            exactly what ran; it must be JSON-serializable.
+        config: The protocol config, recorded in the genesis block so every node and auditor
+            knows exactly what ran; it must be JSON-serializable and hold ``strategy``,
+            ``clients``, ``byzantine`` and ``chain.max_update_mb``.
         writer: TensorBoard writer, or ``None`` for no events.
-        resume: Continue the run whose ledger is in ``run_dir`` from its last whole block,
-            restoring the strategy, attack and client state from the matching checkpoint. A
-            folder without a genesis block starts afresh.
+        resume: Continue the run whose ledger is in ``run_dir`` from its last whole block: the
+            round state comes from the chain, the attack and client state from the checkpoint
+            keyed by the head block's hash. A folder without a genesis block starts afresh.
+        trusted: Import paths of user strategy classes the config may name.
 
     Raises:
         ConfigError: if ``resume`` finds a ledger made with another config, or no checkpoint
@@ -119,38 +124,48 @@ class Simulation:
         *,
         data: TaskData,
         model: nn.Module,
-        strategy: Strategy,
         attack: Attack,
         settings: SimulationSettings,
         run_dir: str | Path,
         config: Mapping[str, Any],
         writer: RunWriter | None = None,
         resume: bool = False,
+        trusted: tuple[str, ...] = (),
     ) -> None:
         self.data = data
         self.settings = settings
         self.model = model.to(settings.device)
-        self.strategy = strategy
         self.attack = attack
         self.run_dir = Path(run_dir)
         self.writer = writer
         n, f = settings.clients, settings.byzantine
-        strategy.setup(num_clients=n, num_byzantine=f)
         attack.setup(num_clients=n, num_byzantine=f)
+        keys = [_client_key(settings.seed, i) for i in range(n)]
 
-        # FLTrust-like strategies: the node keeps a small clean root set, cut before partitioning.
-        pool = torch.arange(len(data.train))
-        self.root: DataSplit | None = None
-        if strategy.requires_reference:
-            root_samples = int(strategy.root_samples)  # type: ignore[attr-defined]  # FLTrust's argument
-            if not 0 < root_samples < len(data.train) - n:
-                raise ConfigError(
-                    f"strategy.root_samples={root_samples} must lie between 1 and {len(data.train) - n - 1} "
-                    f"(the {len(data.train)} training samples minus one per client)"
-                )
-            pool = torch.randperm(len(data.train), generator=derive_generator(settings.seed, "root"))
-            self.root = data.train.subset(pool[:root_samples].sort().values)
-            pool = pool[root_samples:].sort().values
+        self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.checkpoints = self.run_dir / "checkpoints"
+        node_key = SigningKey.from_seed_material(f"torchchain/node/0/seed={settings.seed}")
+        ledger_dir = self.run_dir / "ledger"
+        resuming = resume and any((ledger_dir / "blocks").glob("*.json"))
+        # The same rules every validator builds from the genesis block, built before anything is written.
+        self.rules = RoundRules.from_config(config, [k.public_key for k in keys], trusted=trusted)
+        strategy = self.strategy = self.rules.strategy
+        self.root, root_pool = self._root_set(data, strategy)
+        if resuming:
+            self.ledger = Ledger.open_writer(ledger_dir)
+        else:
+            model_bytes = update_to_bytes(self.global_state)
+            genesis = make_genesis(
+                members=[k.public_key for k in keys],
+                config=dict(config),
+                model_hash=sha256_hex(model_bytes),
+                miner=node_key,
+                difficulty=settings.difficulty,
+                time_ms=int(time.time() * 1000),
+            )
+            self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
+
+        pool = root_pool
         parts = [
             pool[idx]
             for idx in partition(
@@ -174,36 +189,32 @@ class Simulation:
                     generator=derive_generator(settings.seed, "poison_data", i),
                 )
                 split = DataSplit(features=x, targets=y)
-            self.clients.append(
-                Client(index=i, key=_client_key(settings.seed, i), data=split, byzantine=i in malicious, momentum_buffers={})
-            )
-
-        self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        self.checkpoints = self.run_dir / "checkpoints"
-        node_key = SigningKey.from_seed_material(f"torchchain/node/0/seed={settings.seed}")
-        ledger_dir = self.run_dir / "ledger"
-        if resume and any((ledger_dir / "blocks").glob("*.json")):
-            self.ledger = Ledger.open(ledger_dir)
+            self.clients.append(Client(index=i, key=keys[i], data=split, byzantine=i in malicious, momentum_buffers={}))
+        if resuming:
             self._restore(config)
-        else:
-            model_bytes = update_to_bytes(self.global_state)
-            genesis = make_genesis(
-                members=[c.public_key for c in self.clients],
-                config=dict(config),
-                model_hash=sha256_hex(model_bytes),
-                miner=node_key.public_key,
-                difficulty=settings.difficulty,
-                time_ms=int(time.time() * 1000),
-            )
-            self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
-        self.node = Node(
-            ledger=self.ledger,
-            strategy=strategy,
-            key=node_key,
-            difficulty=settings.difficulty,
-            max_update_bytes=settings.max_update_bytes,
-        )
+        self.node = Node(ledger=self.ledger, rules=self.rules, key=node_key, difficulty=settings.difficulty)
         self._labels = {c.public_key: c.label for c in self.clients}
+
+    def close(self) -> None:
+        """Release the ledger's writer lock."""
+        self.ledger.close()
+
+    def _root_set(self, data: TaskData, strategy: Any) -> tuple[DataSplit | None, torch.Tensor]:
+        """FLTrust-like strategies: the node's small clean root set, cut before partitioning.
+
+        Returns the root set (``None`` when the strategy needs none) and the indices left for the clients.
+        """
+        n = self.settings.clients
+        if not strategy.requires_reference:
+            return None, torch.arange(len(data.train))
+        root_samples = int(strategy.root_samples)  # FLTrust's argument
+        if not 0 < root_samples < len(data.train) - n:
+            raise ConfigError(
+                f"strategy.root_samples={root_samples} must lie between 1 and {len(data.train) - n - 1} "
+                f"(the {len(data.train)} training samples minus one per client)"
+            )
+        pool = torch.randperm(len(data.train), generator=derive_generator(self.settings.seed, "root"))
+        return data.train.subset(pool[:root_samples].sort().values), pool[root_samples:].sort().values
 
     def _restore(self, config: Mapping[str, Any]) -> None:
         """Take up an existing ledger: check it is this run's, load its head model and the checkpoint."""
@@ -219,8 +230,9 @@ class Simulation:
         self.global_state = update_from_bytes(blob, max_bytes=len(blob))
         if self.ledger.height == 0:
             return
-        state = load_checkpoint(checkpoint_path(self.checkpoints, self.ledger.height))
-        self.strategy.load_state_dict(state["strategy"])
+        # The round state is in the chain (the node loads it from the head); the checkpoint
+        # holds only what is private to this process: the attack's and the clients' state.
+        state = load_checkpoint(checkpoint_path(self.checkpoints, head.hash))
         self.attack.load_state_dict(state["attack"])
         for client in self.clients:
             client.momentum_buffers = dict(state["momentum"].get(client.index, {}))
@@ -303,7 +315,7 @@ class Simulation:
             deltas[client.index] = unflatten(poisoned, own)
         seconds["attack"] = time.perf_counter() - start
 
-    def run_round(self, round: int) -> tuple[RoundOutcome, dict[str, float], dict[str, float]]:
+    def run_round(self, round: int) -> tuple[PreparedBlock, dict[str, float], dict[str, float]]:
         """Run one round; return the node's outcome, per-phase seconds and update norms by client label."""
         seconds: dict[str, float] = {}
         base_hash = self.ledger.head.hash
@@ -323,20 +335,14 @@ class Simulation:
             start = time.perf_counter()
             reference = self._train_delta(self.root, derive_generator(self.settings.seed, "train", round, "node"), None)
             seconds["reference"] = time.perf_counter() - start
-        outcome = self.node.prepare(
-            round,
-            submissions,
-            self.global_state,
-            generator=derive_generator(self.settings.seed, "aggregate", round),
-            reference=reference,
-        )
-        # The checkpoint goes to disk before the block: whenever a crash hits, the state that
-        # matches the ledger's last whole block is there to resume from.
+        outcome = self.node.prepare(round, submissions, self.global_state, reference=reference)
+        # The checkpoint goes to disk before the block, keyed by the block's hash: whenever a
+        # crash hits, the state that matches the ledger's last whole block is there to resume from.
         start = time.perf_counter()
         save_checkpoint(
             self.checkpoints,
-            round,
-            strategy_state=self.strategy.state_dict(),
+            outcome.block.hash,
+            parent=outcome.block.header.prev_hash,
             attack_state=self.attack.state_dict(),
             momentum={c.index: c.momentum_buffers or {} for c in self.clients},
         )
@@ -418,7 +424,7 @@ class Simulation:
             "final_rmse": metrics.get("rmse"),
             "rounds": self.settings.rounds,
             "blocks": self.ledger.height + 1,
-            "rejected": sum(len(b.meta.get("rejected", ())) for b in self.ledger.blocks()[1:]),
+            "rejected": sum(RoundRecord.from_block(b).rejected.total for b in self.ledger.iter_blocks(1)),
             "ledger": str(self.ledger.path.resolve()),
             "head": self.ledger.head.hash,
             "model_hash": self.ledger.head.header.model_hash,
@@ -438,7 +444,7 @@ class Simulation:
     def _log_round(
         self,
         rnd: int,
-        outcome: RoundOutcome,
+        outcome: PreparedBlock,
         metrics: Mapping[str, float],
         seconds: Mapping[str, float],
         elapsed: float,
@@ -452,7 +458,7 @@ class Simulation:
             {
                 "chain/height": self.ledger.height,
                 "chain/mine_seconds": seconds.get("mine", 0.0),
-                "chain/rejected": len(outcome.rejected),
+                "chain/rejected": outcome.rejections.total,
                 "time/round_seconds": elapsed,
             }
         )

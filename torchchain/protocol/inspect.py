@@ -12,72 +12,18 @@ trust weights shown are the ones the node recorded. ``torchchain verify`` checks
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from torchchain.chain.block import Block
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.errors import LedgerError
+from torchchain.protocol.record import RoundRecord
 
-__all__ = ["RoundRecord", "block_details", "format_block", "format_summary", "ledger_summary"]
+__all__ = ["block_details", "format_block", "format_summary", "ledger_summary"]
 
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-_REJECTED_KEYS = ("client", "update_hash", "code", "reason")
 _SHORT = 12  # hash prefix shown in tables: enough to tell blocks and clients apart by eye
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What the mining node recorded in the metadata of one round block.
-
-    Attributes:
-        rejected: One entry per refused submission, each with the keys ``client``,
-            ``update_hash``, ``code`` and ``reason`` (strings).
-        trust: The weight the strategy gave each accepted client, by public key.
-        reference: Blob hash of the server's reference update (strategies that need one, such
-            as FLTrust), or ``None``.
-    """
-
-    rejected: tuple[dict[str, str], ...]
-    trust: dict[str, float]
-    reference: str | None
-
-    @classmethod
-    def from_block(cls, block: Block) -> RoundRecord:
-        """Reads and checks the metadata of a round block.
-
-        A missing ``rejected`` or ``trust`` key reads as empty (a block written by another
-        tool); a present one must have the documented form.
-
-        Raises:
-            LedgerError: The metadata is malformed; ``.block`` names the block file.
-        """
-        name = block_file_name(block)
-        meta = block.meta
-        rejected_raw = meta.get("rejected", [])
-        if not isinstance(rejected_raw, list):
-            raise LedgerError("meta 'rejected' must be a list of rejection records", block=name)
-        rejected = []
-        for i, entry in enumerate(rejected_raw):
-            if not isinstance(entry, dict) or any(not isinstance(entry.get(k), str) for k in _REJECTED_KEYS):
-                raise LedgerError(
-                    f"meta 'rejected'[{i}] must be an object with string fields {list(_REJECTED_KEYS)}", block=name
-                )
-            rejected.append({k: entry[k] for k in _REJECTED_KEYS})
-        trust_raw = meta.get("trust", {})
-        if not isinstance(trust_raw, dict) or any(
-            isinstance(w, bool) or not isinstance(w, (int, float)) for w in trust_raw.values()
-        ):
-            raise LedgerError("meta 'trust' must map client keys to numbers", block=name)
-        reference = meta.get("reference")
-        if reference is not None and (not isinstance(reference, str) or not _DIGEST_RE.fullmatch(reference)):
-            raise LedgerError("meta 'reference' must be a blob hash (64 lowercase hex characters)", block=name)
-        return cls(
-            rejected=tuple(rejected), trust={k: float(w) for k, w in trust_raw.items()}, reference=reference
-        )
 
 
 def _open(ledger: Ledger | str | os.PathLike[str]) -> Ledger:
@@ -85,18 +31,26 @@ def _open(ledger: Ledger | str | os.PathLike[str]) -> Ledger:
 
 
 def _utc(time_ms: int) -> str:
+    # Headers bound time_ms to the year 9999, so this never overflows.
     return datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _record(block: Block) -> RoundRecord:
+    try:
+        return RoundRecord.from_block(block)
+    except LedgerError as exc:
+        raise LedgerError(exc.reason, block=block_file_name(block)) from None
+
+
 def _round_line(block: Block) -> dict[str, Any]:
-    record = RoundRecord.from_block(block)
+    record = _record(block)
     return {
         "height": block.header.height,
         "round": block.header.round,
         "hash": block.hash,
         "time": _utc(block.header.time_ms),
         "accepted": len(block.transactions),
-        "rejected": len(record.rejected),
+        "rejected": record.rejected.total,
         "trusted": sum(1 for w in record.trust.values() if w > 0),
         "model_hash": block.header.model_hash,
     }
@@ -121,19 +75,19 @@ def ledger_summary(ledger: Ledger | str | os.PathLike[str]) -> dict[str, Any]:
         LedgerError: The folder is not a readable ledger or a block's metadata is malformed.
     """
     ledger = _open(ledger)
-    blocks = ledger.blocks()
-    genesis, head = blocks[0], blocks[-1]
+    genesis, head = ledger.genesis, ledger.head
     config = ledger.config
-    rounds = [_round_line(block) for block in blocks[1:]]
+    rounds = [_round_line(block) for block in ledger.iter_blocks(1)]
     return {
         "ledger": str(ledger.path),
         "height": head.header.height,
-        "blocks": len(blocks),
+        "blocks": ledger.height + 1,
         "head": head.hash,
         "model_hash": head.header.model_hash,
         "genesis_time": _utc(genesis.header.time_ms),
         "difficulty": genesis.header.difficulty,
         "members": len(ledger.members),
+        "miners": len(ledger.miners),
         "strategy": config.get("strategy"),
         "attack": config.get("attack"),
         "accepted": sum(r["accepted"] for r in rounds),
@@ -160,10 +114,9 @@ def block_details(ledger: Ledger | str | os.PathLike[str], height: int) -> dict[
         LedgerError: No block has that height, or the block's metadata is malformed.
     """
     ledger = _open(ledger)
-    blocks = ledger.blocks()
-    if isinstance(height, bool) or not isinstance(height, int) or not 0 <= height < len(blocks):
-        raise LedgerError(f"no block at height {height!r}: this ledger holds heights 0 to {len(blocks) - 1}")
-    block = blocks[height]
+    if isinstance(height, bool) or not isinstance(height, int) or not 0 <= height <= ledger.height:
+        raise LedgerError(f"no block at height {height!r}: this ledger holds heights 0 to {ledger.height}")
+    block = ledger.block(height)
     details: dict[str, Any] = {
         "height": block.header.height,
         "hash": block.hash,
@@ -171,11 +124,18 @@ def block_details(ledger: Ledger | str | os.PathLike[str], height: int) -> dict[
         "header": block.header.to_dict(),
     }
     if height == 0:
-        details.update(transactions=[], rejected=[], members=list(ledger.members), config=ledger.config)
+        details.update(
+            transactions=[], rejected=[], members=list(ledger.members), miners=list(ledger.miners), config=ledger.config
+        )
         return details
-    record = RoundRecord.from_block(block)
+    record = _record(block)
     details["transactions"] = [{**tx.to_dict(), "trust": record.trust.get(tx.client)} for tx in block.transactions]
-    details["rejected"] = [dict(entry) for entry in record.rejected]
+    details["rejected"] = [dict(entry) for entry in record.rejected.sample]
+    details["rejected_counts"] = dict(record.rejected.counts)
+    details["rejected_total"] = record.rejected.total
+    details["outcome"] = record.outcome
+    details["randomness"] = record.randomness
+    details["state"] = record.state
     if record.reference is not None:
         details["reference"] = record.reference
     return details
@@ -245,7 +205,9 @@ def format_block(details: Mapping[str, Any]) -> str:
             lines.append(
                 f"  {tx['client'][:_SHORT]}  {tx['num_samples']:>8}  {tx['update_hash'][:_SHORT]}  {trust}"
             )
-    lines.append(f"rejected ({len(details['rejected'])}):")
+    lines.append(f"outcome: {details['outcome']}; round state: {details['state'] or 'none'}")
+    counts = ", ".join(f"{_printable(code)} {n}" for code, n in details["rejected_counts"].items())
+    lines.append(f"rejected ({details['rejected_total']}{': ' + counts if counts else ''}; {len(details['rejected'])} listed):")
     for entry in details["rejected"]:
         lines.append(
             f"  {_printable(entry['client'][:_SHORT])}  update {_printable(entry['update_hash'][:_SHORT])}  "
