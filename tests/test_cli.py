@@ -17,8 +17,11 @@ from torchchain.chain.block import Transaction, make_block, make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.cli import main
+from torchchain.chain.block import merkle_root
+from torchchain.protocol.randomness import round_randomness
+from torchchain.protocol.record import Rejections, RoundRecord
+from torchchain.protocol.round import RoundRules
 from torchchain.runtime.node import Node, Submission
-from torchchain.runtime.simulation import derive_generator
 from torchchain.strategies import FedAvg, Median
 from torchchain.updates.serialize import update_to_bytes
 
@@ -37,15 +40,20 @@ def _build(path: Path, *, recorded: str, used) -> Ledger:
     model = update_to_bytes(state)
     genesis = make_genesis(
         members=[k.public_key for k in KEYS],
-        config={"seed": SEED, "clients": 4, "byzantine": 1, "strategy": {"_target_": recorded, "f": None, "pre": []}},
+        config={
+            "seed": SEED, "clients": 4, "byzantine": 1, "chain": {"max_update_mb": 1},
+            "strategy": {"_target_": recorded, "f": None, "pre": []},
+        },
         model_hash=sha256_hex(model),
-        miner=MINER.public_key,
+        miner=MINER,
         difficulty=4,
         time_ms=1_700_000_000_000,
     )
     ledger = Ledger.create(path, genesis, blobs=[model])
     used.setup(num_clients=4, num_byzantine=1)
-    node = Node(ledger=ledger, strategy=used, key=MINER, difficulty=4, max_update_bytes=1 << 20)
+    # A dishonest node can aggregate with another rule than the one its genesis block records.
+    rules = RoundRules(strategy=used, members=frozenset(k.public_key for k in KEYS), max_update_bytes=1 << 20)
+    node = Node(ledger=ledger, rules=rules, key=MINER, difficulty=4)
     for rnd in (1, 2):
         subs = []
         for i, key in enumerate(KEYS):
@@ -57,8 +65,8 @@ def _build(path: Path, *, recorded: str, used) -> Ledger:
             if rnd == 1 and i == 3:
                 tx = dataclasses.replace(tx, num_samples=1000)
             subs.append(Submission(tx, payload))
-        outcome = node.mine_round(rnd, subs, state, generator=derive_generator(SEED, "aggregate", rnd), time_ms=1_700_000_000_000 + rnd)
-        state = outcome.state
+        outcome = node.mine_round(rnd, subs, state, time_ms=1_700_000_000_000 + rnd)
+        state = outcome.model
     return ledger
 
 
@@ -141,7 +149,7 @@ def test_inspect_block_shows_contributions_and_rejections(good, capsys):
     assert f"model_hash   {block.header.model_hash}" in out
     for tx in block.transactions:
         assert re.search(rf"^\s+{tx.client[:12]}\s+{tx.num_samples}\s+{tx.update_hash[:12]}\s+{block.meta['trust'][tx.client]:.4f}$", out, re.MULTILINE)
-    assert "rejected (1):" in out and "bad_signature: signature does not match" in out
+    assert "rejected (1: bad_signature 1; 1 listed):" in out and "bad_signature: signature does not match" in out
 
 
 def test_inspect_block_json(good, capsys):
@@ -171,9 +179,13 @@ def test_inspect_block_out_of_range_exits_1(good, capsys, height):
 def test_inspect_escapes_control_characters_from_the_ledger(tmp_path, good, capsys):
     ledger = Ledger.create(tmp_path / "ledger", good.genesis, blobs=[good.get_blob(good.genesis.header.model_hash)])
     rejected = {"client": KEYS[0].public_key, "update_hash": "ab" * 32, "code": "odd", "reason": "clear\x1b[2Jscreen"}
+    record = RoundRecord(
+        outcome="aggregated", trust={}, rejected=Rejections(total=1, counts={"odd": 1}, sample=(rejected,)),
+        randomness=round_randomness(ledger.head.hash, merkle_root([])),
+    )
     block = make_block(
-        prev=ledger.head, round=1, transactions=[], meta={"rejected": [rejected], "trust": {}},
-        model_hash=ledger.head.header.model_hash, miner=MINER.public_key, difficulty=4, time_ms=1_700_000_000_001,
+        prev=ledger.head, round=1, transactions=[], meta=record.to_meta(),
+        model_hash=ledger.head.header.model_hash, miner=MINER, difficulty=4, time_ms=1_700_000_000_001,
     )
     ledger.append(block)
     assert main(["inspect", str(ledger.path), "--block", "1"]) == 0

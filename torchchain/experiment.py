@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from torchchain.chain.ledger import Ledger, write_atomic
 from torchchain.attacks.none import NoAttack
 from torchchain.data import TaskData
 from torchchain.errors import ConfigError
+from torchchain.protocol.registry import build_strategy, builtin_strategy_targets
+from torchchain.protocol.round import max_update_bytes
+from torchchain.updates.serialize import update_to_bytes
 from torchchain.runtime.client import LocalTraining
 from torchchain.runtime.simulation import Simulation, SimulationSettings
 from torchchain.strategies.base import Strategy
@@ -33,8 +37,10 @@ __all__ = ["DEFAULT_BYZANTINE_FRACTION", "resolve_byzantine", "resolve_device", 
 #: Share of clients that are malicious when an attack is set and ``byzantine`` is not.
 DEFAULT_BYZANTINE_FRACTION = 0.2
 
-# Keys that say where or how to show a run, not what it computes: left out of the genesis config.
-_NOT_RECORDED = ("resume", "runtime")
+#: Local settings: where this node runs and how it shows the run, not what the chain computes.
+#: They are left out of the genesis config, so machines with other paths or devices can hold
+#: the same chain, and ``resume=`` may change them.
+LOCAL_KEYS = ("resume", "runtime", "device", "dataset.root", "dataset.download")
 
 
 def resolve_byzantine(byzantine: int | float | None, clients: int, *, attack_set: bool) -> int:
@@ -88,10 +94,22 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
-def _positive_int(cfg: DictConfig, key: str) -> int:
+def _positive_int(cfg: DictConfig, key: str, *, maximum: int | None = None) -> int:
+    """``cfg.<key>`` as an int in ``[1, maximum]``; ``maximum`` defaults to the key's entry in ``_UPPER_BOUNDS``.
+
+    Raises:
+        ConfigError: naming ``key``, for a bool, a non-integer, a value below 1 or above the bound.
+    """
     value = OmegaConf.select(cfg, key)
+    if maximum is None:
+        maximum = _UPPER_BOUNDS.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        hint = f" in [1, {maximum:,}]" if maximum is not None else ""
+        raise ConfigError(f"{key} must be a positive integer{hint}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"{key}={value:,} is above the limit of {maximum:,}: give {key} an integer in [1, {maximum:,}]"
+        )
     return value
 
 
@@ -110,58 +128,168 @@ def _instantiate(node: DictConfig, key: str, expected: type, **kwargs: Any) -> A
     return obj
 
 
-def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: str) -> SimulationSettings:
-    clients = _positive_int(cfg, "clients")
-    lr = cfg.lr
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    momentum = float(cfg.get("momentum", 0.0))
-    if not 0.0 <= momentum < 1.0:
-        raise ConfigError(f"momentum must lie in [0, 1), got {momentum}")
-    steps = cfg.get("local_steps")
-    if steps is not None:
-        steps = _positive_int(cfg, "local_steps")
-    difficulty = cfg.chain.difficulty
-    if isinstance(difficulty, bool) or not isinstance(difficulty, int) or not 0 <= difficulty <= 40:
-        raise ConfigError(f"chain.difficulty is in leading zero bits and must be an integer in [0, 40], got {difficulty!r}")
-    kind = cfg.partition.kind
+#: Largest accepted value of each size in the config. Far above any sensible run, they stop a typo
+#: (``local_epochs=1e9``, ``rounds=10000000000``) from starting a run that would never finish or
+#: would exhaust memory; raise them here if a real experiment needs more.
+_UPPER_BOUNDS: dict[str, int] = {
+    "clients": 100_000,
+    "rounds": 1_000_000,
+    "local_epochs": 1_000,
+    "local_steps": 1_000_000,
+    "batch_size": 1_000_000,
+    "partition.shards_per_client": 100_000,
+    "runtime.eval_every": 1_000_000,
+}
+
+#: Seeds are used as given by NumPy and scikit-learn (the dataset train/test split), which take
+#: integers in [0, 2**32 - 1]; torch's generators take them too.
+_SEED_MAX = 2**32 - 1
+
+#: Largest accepted ``chain.max_update_mb``: 4 GiB, far above the updates of any model here.
+_MAX_UPDATE_MB_MAX = 4096
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_number(cfg: DictConfig, key: str, *, maximum: float | None = None, hint: str = "") -> float:
+    """``cfg.<key>`` as a finite float in ``(0, maximum]``, else a ConfigError naming ``key``."""
+    value = OmegaConf.select(cfg, key)
+    limit = f" and <= {maximum:g}" if maximum is not None else ""
+    if not _is_number(value) or not math.isfinite(value) or not value > 0 or (maximum is not None and value > maximum):
+        raise ConfigError(f"{key} must be a finite number > 0{limit}, got {value!r}{hint}")
+    return float(value)
+
+
+def _seed(cfg: DictConfig) -> int:
+    """``cfg.seed`` as an int in ``[0, _SEED_MAX]``."""
+    value = cfg.get("seed")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _SEED_MAX:
+        raise ConfigError(f"seed must be an integer in [0, 2**32 - 1 = {_SEED_MAX}], got {value!r}")
+    return value
+
+
+def _momentum(cfg: DictConfig) -> float:
+    value = cfg.get("momentum", 0.0)
+    if not _is_number(value) or not 0.0 <= value < 1.0:  # NaN fails the comparison too
+        raise ConfigError(f"momentum must be a number in [0, 1) (0 for plain SGD), got {value!r}")
+    return float(value)
+
+
+def _flag(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _difficulty(cfg: DictConfig) -> int:
+    value = OmegaConf.select(cfg, "chain.difficulty")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 40:
+        raise ConfigError(f"chain.difficulty is in leading zero bits and must be an integer in [0, 40], got {value!r}")
+    return value
+
+
+def _partition_kind(cfg: DictConfig) -> str:
+    kind = OmegaConf.select(cfg, "partition.kind")
     if kind not in ("iid", "dirichlet", "shards"):
         raise ConfigError(f"partition.kind must be one of iid, dirichlet, shards; got {kind!r}")
+    return kind
+
+
+def _check_config(cfg: DictConfig) -> dict[str, Any]:
+    """Check every plain value of the config that needs no data, model or device; return them, typed.
+
+    It builds nothing, reads no data and writes nothing, so :func:`run` can call it before
+    anything else and a bad value stops the run at once with a :class:`ConfigError` that names
+    the key and says what to give instead. The bounds are in ``_UPPER_BOUNDS``, ``_SEED_MAX``
+    and ``_MAX_UPDATE_MB_MAX``. ``byzantine`` and ``device`` are checked by
+    :func:`resolve_byzantine` and :func:`resolve_device`.
+
+    Raises:
+        ConfigError: for the first bad value.
+    """
+    steps = cfg.get("local_steps")
+    return {
+        "clients": _positive_int(cfg, "clients"),
+        "rounds": _positive_int(cfg, "rounds"),
+        "seed": _seed(cfg),
+        "local_epochs": _positive_int(cfg, "local_epochs"),
+        "local_steps": None if steps is None else _positive_int(cfg, "local_steps"),
+        "batch_size": _positive_int(cfg, "batch_size"),
+        "lr": _positive_number(cfg, "lr", hint=" (the client SGD learning rate, e.g. lr=0.1)"),
+        "momentum": _momentum(cfg),
+        "partition.kind": _partition_kind(cfg),
+        "partition.alpha": _positive_number(cfg, "partition.alpha", hint=" (Dirichlet concentration, e.g. 0.5)"),
+        "partition.shards_per_client": _positive_int(cfg, "partition.shards_per_client"),
+        "chain.difficulty": _difficulty(cfg),
+        "chain.max_update_mb": _positive_number(
+            cfg, "chain.max_update_mb", maximum=_MAX_UPDATE_MB_MAX,
+            hint=" (the node rejects larger updates; the default is 64)",
+        ),
+        "runtime.eval_every": _positive_int(cfg, "runtime.eval_every"),
+        "runtime.progress": _flag(cfg, "runtime.progress"),
+    }
+
+
+def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: str) -> SimulationSettings:
+    """The runtime's settings from ``cfg``; every value is checked by :func:`_check_config` first."""
+    checked = _check_config(cfg)
     return SimulationSettings(
-        clients=clients,
-        rounds=_positive_int(cfg, "rounds"),
+        clients=checked["clients"],
+        rounds=checked["rounds"],
         byzantine=byzantine,
-        seed=int(cfg.seed),
+        seed=checked["seed"],
         device=device,
         training=LocalTraining(
-            epochs=_positive_int(cfg, "local_epochs"),
-            steps=steps,
-            batch_size=_positive_int(cfg, "batch_size"),
-            lr=float(lr),
-            momentum=momentum,
+            epochs=checked["local_epochs"],
+            steps=checked["local_steps"],
+            batch_size=checked["batch_size"],
+            lr=checked["lr"],
+            momentum=checked["momentum"],
             task=task,
         ),
-        partition=kind,
-        alpha=float(cfg.partition.alpha),
-        shards_per_client=int(cfg.partition.shards_per_client),
-        difficulty=difficulty,
-        max_update_bytes=int(float(cfg.chain.max_update_mb) * (1 << 20)),
-        eval_every=_positive_int(cfg, "runtime.eval_every"),
-        progress=bool(cfg.runtime.progress),
+        partition=checked["partition.kind"],
+        alpha=checked["partition.alpha"],
+        shards_per_client=checked["partition.shards_per_client"],
+        difficulty=checked["chain.difficulty"],
+        eval_every=checked["runtime.eval_every"],
+        progress=checked["runtime.progress"],
     )
 
 
 def _recorded_config(cfg: DictConfig, *, byzantine: int) -> dict[str, Any]:
-    """The part of the config that determines the computation, as plain JSON for the genesis block.
+    """The protocol part of the config, as plain JSON for the genesis block: everything but
+    :data:`LOCAL_KEYS`.
 
     ``byzantine`` is recorded as the resolved count, so an auditor needs no defaults to know it.
     """
     container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    recorded = {k: v for k, v in container.items() if k not in _NOT_RECORDED}
-    recorded["byzantine"] = byzantine
-    json.dumps(recorded, allow_nan=False)  # fail here, not inside the ledger, on a non-JSON value
-    return recorded
+    if not isinstance(container, dict):
+        raise ConfigError("the config must be a mapping")
+    for key in LOCAL_KEYS:
+        node: Any = container
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    container["byzantine"] = byzantine
+    try:
+        json.dumps(container, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the config holds a value that cannot be recorded in the ledger: {exc}") from None
+    return container
+
+
+def _trusted(cfg: DictConfig) -> tuple[str, ...]:
+    """The user's own strategy class, when the config names one that is not built in: the user
+    chose it, so this run may import it (an auditor must name it with ``--trust``)."""
+    target = OmegaConf.select(cfg, "strategy._target_")
+    if isinstance(target, str) and target not in builtin_strategy_targets():
+        return (target,)
+    return ()
 
 
 def _hparams(cfg: DictConfig, strategy: Strategy, attack: Attack, byzantine: int, dataset: str) -> dict[str, Any]:
@@ -203,12 +331,38 @@ def _print_summary(summary: Mapping[str, Any], run_dir: Path) -> None:
     )
 
 
-def _resume_config(run_dir: Path) -> DictConfig:
-    """The config a run folder was started with (its ``config.yaml``)."""
-    stored = run_dir / "config.yaml"
-    if not stored.is_file():
+def _is_local(key: str) -> bool:
+    return any(key == local or key.startswith(local + ".") for local in LOCAL_KEYS) or key.startswith("hydra.")
+
+
+def _resume_config(run_dir: Path, current: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The config a run folder was started with (its ``config.yaml``), with the command line's
+    local overrides applied.
+
+    Raises:
+        ConfigError: The folder holds no config.yaml, or an override changes the protocol
+            (anything recorded in the genesis block), which a resumed chain cannot change.
+    """
+    stored_file = run_dir / "config.yaml"
+    if not stored_file.is_file():
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml; give the folder of a torchchain run")
-    return OmegaConf.load(stored)
+    stored = OmegaConf.load(stored_file)
+    refused = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume":
+            continue
+        if _is_local(key):
+            OmegaConf.update(stored, key, OmegaConf.select(current, key), force_add=True)
+        else:
+            refused.append(override)
+    if refused:
+        raise ConfigError(
+            f"cannot resume {run_dir} with {' '.join(refused)}: these keys are part of the chain's protocol, "
+            f"recorded in its genesis block, and a resumed run keeps them; only local settings "
+            f"({', '.join(LOCAL_KEYS[1:])}) may change on resume. Start a new run to change the others."
+        )
+    return stored
 
 
 def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
@@ -223,11 +377,20 @@ def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
     ledger = Ledger.open(run_dir / "ledger")
     if ledger.height < rounds:
         return None
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        # A summary cut short (written by an older version, or a damaged disk): write it again.
+        print(f"torchchain: {summary_file} is unreadable; evaluating the final model to write it again")
+        return None
+    if not isinstance(summary, dict) or summary.get("head") != ledger.head_hash:
+        print(f"torchchain: {summary_file} does not describe the ledger's head; writing it again")
+        return None
     print(f"torchchain: {run_dir} already finished all {rounds} rounds (ledger height {ledger.height}); nothing to do")
-    return json.loads(summary_file.read_text())
+    return summary
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Validate ``cfg``, train, and write ``summary.json`` into ``run_dir``.
 
     Everything that can be checked without data is checked first, so a bad value fails in a
@@ -235,6 +398,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     With ``resume=<run folder>`` the run in that folder continues from its last whole block with
     the config it was started with (its ``config.yaml``); ``run_dir`` is then not used.
+    ``overrides`` (the command line's ``key=value`` list) may change local settings
+    (:data:`LOCAL_KEYS`) on resume; any other override is refused with a ConfigError.
 
     Returns:
         The summary (final metrics, rounds, blocks, rejected updates, ledger path, timings).
@@ -242,28 +407,41 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     resuming = cfg.get("resume") is not None
     if resuming:
         run_dir = Path(str(cfg.resume))
-        cfg = _resume_config(run_dir)
+        cfg = _resume_config(run_dir, cfg, overrides)
         done = _finished_summary(run_dir, _positive_int(cfg, "rounds"))
         if done is not None:
             return done
         print(f"torchchain: resuming {run_dir}")
     run_dir = Path(run_dir)
+    _check_config(cfg)  # every value that needs no data, before anything is built
     clients = _positive_int(cfg, "clients")
     device = resolve_device(str(cfg.device))
-    strategy = _instantiate(cfg.strategy, "strategy", Strategy)
     attack = _instantiate(cfg.attack, "attack", Attack)
     byzantine = resolve_byzantine(cfg.byzantine, clients, attack_set=not isinstance(attack, NoAttack))
-    strategy.setup(num_clients=clients, num_byzantine=byzantine)
     attack.setup(num_clients=clients, num_byzantine=byzantine)
+    # Every size, rate and seed is checked before any data is loaded or any file written.
+    settings = _settings(cfg, byzantine=byzantine, device=device, task="classification")
+    recorded = _recorded_config(cfg, byzantine=byzantine)
+    trusted = _trusted(cfg)
+    # The strategy is built the way every validator and auditor builds it: from the recorded
+    # config, by the protocol's allow-list builder (never Hydra).
+    strategy = build_strategy(recorded.get("strategy"), num_clients=clients, num_byzantine=byzantine, trusted=trusted)
 
-    torch.manual_seed(int(cfg.seed))  # the initial model: the one draw that uses the global stream
+    torch.manual_seed(settings.seed)  # the initial model: the one draw that uses the global stream
     data = _instantiate(cfg.dataset, "dataset", TaskData)
-    settings = _settings(cfg, byzantine=byzantine, device=device, task=data.task)
+    settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, task=data.task))
     if settings.clients > len(data.train):
         raise ConfigError(f"clients={clients} exceeds the {len(data.train)} training samples of {data.name}")
     model = _instantiate(
         cfg.model, "model", torch.nn.Module, input_shape=list(data.input_shape), num_outputs=data.num_outputs
     )
+    update_bytes = len(update_to_bytes({k: v for k, v in model.state_dict().items() if v.is_floating_point()}))
+    limit = max_update_bytes(recorded)
+    if update_bytes > limit:
+        raise ConfigError(
+            f"chain.max_update_mb={cfg.chain.max_update_mb} is below this model's update size of "
+            f"{update_bytes / (1 << 20):.3f} MB, so every update would be rejected: raise chain.max_update_mb"
+        )
 
     if not resuming:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,18 +452,21 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         sim = Simulation(
             data=data,
             model=model,
-            strategy=strategy,
             attack=attack,
             settings=settings,
             run_dir=run_dir,
-            config=_recorded_config(cfg, byzantine=byzantine),
+            config=recorded,
             writer=writer,
             resume=resuming,
+            trusted=trusted,
         )
-        summary = sim.run()
+        try:
+            summary = sim.run()
+        finally:
+            sim.close()
         writer.hparams(_hparams(cfg, strategy, attack, byzantine, data.name), _final_metrics(summary))
     finally:
         writer.close()
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     _print_summary(summary, run_dir)
     return summary

@@ -9,6 +9,7 @@ from torchchain.chain.block import Transaction, make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger
 from torchchain.chain.verify import verify_ledger
+from torchchain.protocol.round import RoundRules
 from torchchain.runtime.node import Node, Submission
 from torchchain.strategies import Median
 from torchchain.updates.serialize import update_to_bytes
@@ -24,6 +25,12 @@ def _update(value: float):
     return {"fc.weight": torch.full((2, 3), value), "fc.bias": torch.full((2,), value)}
 
 
+def _rules(keys):
+    strategy = Median()
+    strategy.setup(num_clients=4, num_byzantine=1)
+    return RoundRules(strategy=strategy, members=frozenset(k.public_key for k in keys), max_update_bytes=1 << 20)
+
+
 @pytest.fixture
 def setup(tmp_path):
     keys = [SigningKey.from_seed_material(f"test/client/{i}") for i in range(4)]
@@ -34,14 +41,12 @@ def setup(tmp_path):
         members=[k.public_key for k in keys],
         config={"test": True},
         model_hash=sha256_hex(model),
-        miner=miner.public_key,
+        miner=miner,
         difficulty=DIFFICULTY,
         time_ms=0,
     )
     ledger = Ledger.create(tmp_path / "ledger", genesis, blobs=[model])
-    strategy = Median()
-    strategy.setup(num_clients=4, num_byzantine=1)
-    node = Node(ledger=ledger, strategy=strategy, key=miner, difficulty=DIFFICULTY, max_update_bytes=1 << 20)
+    node = Node(ledger=ledger, rules=_rules(keys), key=miner, difficulty=DIFFICULTY)
     return node, ledger, keys, state
 
 
@@ -62,8 +67,8 @@ def test_valid_round_is_mined_and_verifies(setup):
     assert outcome.rejected == []
     assert ledger.height == 1
     # The median of 0.1, 0.2, 0.3, 0.4 is 0.25 on every coordinate.
-    assert torch.allclose(outcome.state["fc.weight"], torch.full((2, 3), 0.25))
-    assert outcome.block.header.model_hash == sha256_hex(update_to_bytes(outcome.state))
+    assert torch.allclose(outcome.model["fc.weight"], torch.full((2, 3), 0.25))
+    assert outcome.block.header.model_hash == sha256_hex(update_to_bytes(outcome.model))
     assert verify_ledger(ledger.path).height == 1
 
 
@@ -73,9 +78,7 @@ def test_aggregate_does_not_depend_on_arrival_order(setup, tmp_path):
     forward = node.mine_round(1, subs, state, time_ms=5)
     # A second node with the same genesis receives the same updates in reverse order.
     other = Ledger.create(tmp_path / "other", ledger.genesis, blobs=[update_to_bytes(state)])
-    strategy = Median()
-    strategy.setup(num_clients=4, num_byzantine=1)
-    other_node = Node(ledger=other, strategy=strategy, key=node.key, difficulty=DIFFICULTY, max_update_bytes=1 << 20)
+    other_node = Node(ledger=other, rules=_rules(keys), key=node.key, difficulty=DIFFICULTY)
     backward = other_node.mine_round(1, list(reversed(subs)), state, time_ms=5)
     assert backward.block.header.model_hash == forward.block.header.model_hash
     assert backward.block.hash == forward.block.hash
@@ -90,7 +93,7 @@ def test_forged_signature_is_rejected(setup):
     outcome = node.mine_round(1, good + [forged], state)
     assert _codes(outcome) == {keys[3].public_key: "bad_signature"}
     assert len(outcome.accepted) == 3
-    assert outcome.block.meta["rejected"][0]["code"] == "bad_signature"
+    assert outcome.block.meta["rejected"]["sample"][0]["code"] == "bad_signature"
 
 
 def test_signature_by_another_member_is_rejected(setup):
@@ -108,7 +111,7 @@ def test_replayed_transaction_from_an_earlier_round_is_rejected(setup):
     outcome1 = node.mine_round(1, first, state)
     assert outcome1.rejected == []
     fresh = [_submit(k, _update(0.2), round=2, base_hash=ledger.head.hash) for k in keys[1:]]
-    outcome2 = node.mine_round(2, fresh + [first[0]], outcome1.state)
+    outcome2 = node.mine_round(2, fresh + [first[0]], outcome1.model)
     assert _codes(outcome2) == {keys[0].public_key: "wrong_round"}
     assert "replayed" in outcome2.rejected[0]["reason"]
 
@@ -130,7 +133,7 @@ def test_nan_update_is_rejected(setup):
     outcome = node.mine_round(1, subs, state)
     assert _codes(outcome) == {keys[3].public_key: "non_finite"}
     assert "fc.bias" in outcome.rejected[0]["reason"]
-    assert torch.isfinite(outcome.state["fc.bias"]).all()
+    assert torch.isfinite(outcome.model["fc.bias"]).all()
 
 
 def test_wrong_shape_is_rejected(setup):
@@ -175,12 +178,12 @@ def test_payload_swapped_after_signing_is_rejected(setup):
 
 def test_oversized_and_duplicate_submissions_are_rejected(setup):
     node, ledger, keys, state = setup
-    node.max_update_bytes = 100
+    node.rules = dataclasses.replace(node.rules, max_update_bytes=100)
     outcome = node.mine_round(1, [_submit(keys[0], _update(0.1), round=1, base_hash=ledger.head.hash)], state)
     assert _codes(outcome) == {keys[0].public_key: "oversized"}
-    node.max_update_bytes = 1 << 20
+    node.rules = dataclasses.replace(node.rules, max_update_bytes=1 << 20)
     sub = _submit(keys[1], _update(0.1), round=2, base_hash=ledger.head.hash)
-    outcome = node.mine_round(2, [sub, sub], outcome.state)
+    outcome = node.mine_round(2, [sub, sub], outcome.model)
     assert [r["code"] for r in outcome.rejected] == ["duplicate"]
     assert len(outcome.accepted) == 1
 
@@ -190,5 +193,5 @@ def test_round_with_every_update_rejected_keeps_the_model(setup):
     outsider = SigningKey.from_seed_material("test/outsider")
     outcome = node.mine_round(1, [_submit(outsider, _update(1.0), round=1, base_hash=ledger.head.hash)], state)
     assert outcome.accepted == []
-    assert update_to_bytes(outcome.state) == update_to_bytes(state)
+    assert update_to_bytes(outcome.model) == update_to_bytes(state)
     assert verify_ledger(ledger.path).height == 1

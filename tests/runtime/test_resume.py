@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torchchain.audit import audit_ledger
+from torchchain.protocol.audit import audit_ledger
 from torchchain.chain.ledger import Ledger
 from torchchain.chain.verify import verify_ledger
 from torchchain.experiment import run
@@ -53,16 +53,23 @@ def test_stop_between_rounds_then_resume(tmp_path, monkeypatch, reference):
 def test_stop_after_checkpoint_before_block_then_resume(tmp_path, monkeypatch, reference):
     original = Node.commit
 
+    lost = []
+
     def commit(self, outcome):
         if outcome.block.header.round == 4:
+            lost.append(outcome.block.hash)
             raise Stop
         return original(self, outcome)
 
     monkeypatch.setattr(Node, "commit", commit)
     with pytest.raises(Stop):
         run(compose_config(SETTINGS), tmp_path)
-    assert (tmp_path / "checkpoints" / "round_00000004.safetensors").exists()
-    assert Ledger.open(tmp_path / "ledger").height == 3
+    # The checkpoint of the block that never reached the ledger is on disk, keyed by its hash;
+    # the ledger's head is block 3, whose checkpoint is kept beside it.
+    ledger = Ledger.open(tmp_path / "ledger")
+    assert ledger.height == 3
+    assert (tmp_path / "checkpoints" / f"block_{lost[0]}.safetensors").exists()
+    assert (tmp_path / "checkpoints" / f"block_{ledger.head_hash}.safetensors").exists()
     monkeypatch.setattr(Node, "commit", original)
     assert _resume(tmp_path)["model_hash"] == reference["model_hash"]
 

@@ -22,6 +22,7 @@ from torchchain.strategies import (
     PreAggregator,
     Strategy,
 )
+from torchchain.strategies.base import MAX_COUNT, MAX_PRE_STEPS
 from torchchain.strategies.kernels import weighted_mean
 
 
@@ -181,6 +182,21 @@ def test_pre_steps_accept_names_instances_and_a_single_name():
     bucketing = Bucketing(s=3)
     assert Krum(pre=[bucketing, "clipping"]).pre[0] is bucketing
     assert isinstance(Median(pre="bucketing").pre[0], Bucketing)
+
+
+def test_pre_lists_are_bounded():
+    Krum(pre=["clipping"] * MAX_PRE_STEPS)
+    with pytest.raises(ConfigError, match=rf"krum: pre may list at most {MAX_PRE_STEPS} pre-aggregation steps, got 9"):
+        Krum(pre=["clipping"] * (MAX_PRE_STEPS + 1))
+    for bad in ({"nnm": 1}, 3, None):
+        with pytest.raises(ConfigError, match="pre must be a list"):
+            Krum(pre=bad)
+
+
+@pytest.mark.parametrize(("clients", "byzantine"), [(MAX_COUNT + 1, 0), (10, MAX_COUNT + 1), (10**400, 1)])
+def test_setup_bounds_the_counts(clients, byzantine):
+    with pytest.raises(ConfigError, match=rf"must be an int in \[\d, {MAX_COUNT}\]"):
+        FedAvg().setup(num_clients=clients, num_byzantine=byzantine)
 
 
 def test_an_unknown_pre_step_lists_the_known_ones():

@@ -157,22 +157,25 @@ def test_sq_distances_and_norms_by_hand():
     assert K.row_norms(t([[3.0, 4.0], [0.0, 0.0]])).tolist() == [5.0, 0.0]
 
 
-def test_smallest_indices_breaks_ties_by_index_without_rows():
+def test_smallest_indices_breaks_ties_by_index():
     assert K.smallest_indices(t([3.0, 1.0, 1.0, 0.0]), 3).tolist() == [3, 1, 2]
+    # A long run of equal values keeps index order (a stable sort), whatever the length.
+    assert K.smallest_indices(torch.zeros(40, dtype=torch.float64), 40).tolist() == list(range(40))
 
 
-def test_smallest_indices_breaks_ties_by_row_content_then_index():
-    values = t([1.0, 1.0, 1.0, 1.0, 0.0])
-    rows = t([[2.0, 0.0], [1.0, 5.0], [1.0, 4.0], [1.0, 4.0], [9.0, 9.0]])
-    # row 4 first; then among the tie: (1, 4) twice (rows 2, 3 by index), (1, 5), (2, 0)
-    assert K.smallest_indices(values, 5, rows=rows).tolist() == [4, 2, 3, 1, 0]
-    assert K.smallest_indices(values, 2, rows=rows).tolist() == [4, 2]
+def test_smallest_indices_takes_no_rows_to_break_ties_by_content():
+    # Row content is the attacker's to choose, so it can no longer be passed in to break ties.
+    values, rows = t([1.0, 1.0]), t([[2.0, 0.0], [1.0, 5.0]])
+    with pytest.raises(TypeError):
+        K.smallest_indices(values, 1, rows=rows)  # type: ignore[call-arg]
+    assert not hasattr(K, "_order_ties_by_rows")
 
 
-def test_nearest_rows_by_hand():
+def test_nearest_rows_breaks_ties_by_index_not_by_content():
     rows = t([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0], [0.0, 0.5]])
-    # squared distances to the origin: 1, 4, 1, 0.25; of the tie, (-1, 0) sorts before (1, 0)
-    assert K.nearest_rows(rows, t([0.0, 0.0]), 3).tolist() == [3, 2, 0]
+    # squared distances to the origin: 1, 4, 1, 0.25; of the tie, row 0 (1, 0) comes before row 2
+    # (-1, 0) although (-1, 0) is lexicographically smaller
+    assert K.nearest_rows(rows, t([0.0, 0.0]), 3).tolist() == [3, 0, 2]
 
 
 def test_krum_scores_by_hand():
@@ -185,6 +188,42 @@ def test_krum_scores_by_hand():
 
 def test_krum_scores_with_too_few_rows_are_zero():
     assert K.krum_scores(t([[0.0], [5.0]]), 1).tolist() == [0.0, 0.0]
+
+
+def test_krum_scores_with_an_explicit_neighbour_count():
+    distances = K.pairwise_sq_distances(t([[0.0], [1.0], [2.0], [10.0]]))
+    # f = 1 alone would count 4 - 1 - 2 = 1 neighbour; two are asked for: the f = 0 scores
+    assert K.krum_scores_from_distances(distances, 1, neighbours=2).tolist() == [5.0, 2.0, 5.0, 145.0]
+    assert K.krum_scores_from_distances(distances, 1, neighbours=0).tolist() == [0.0] * 4
+    for neighbours in (-1, 4):
+        with pytest.raises(ValueError, match="neighbours"):
+            K.krum_scores_from_distances(distances, 1, neighbours=neighbours)
+
+
+def test_iterated_krum_selection_by_hand():
+    # n = 7, f = 1, Bulyan picks theta = 5. Scores sum max(r - f - 2, 2) squared distances:
+    # r = 7 (4 neighbours): rows 2 and 3 score 1+1+4+4 = 10, the lowest; tie -> row 2.
+    # r = 6 (3): row 3 scores 1 (to 4) + 4 (to 1) + 4 (to 5) = 9.
+    # r = 5 (2): rows 1 (1 + 9) and 4 (1 + 9) tie at 10 -> row 1.
+    # r = 4 (2): among 0, 4, 5, 100 row 4 scores 1 + 16 = 17.
+    # r = 3 (2, where Krum's r - f - 2 would count none): among 0, 5, 100 row 5 scores
+    # 25 + 9025, row 0 25 + 10000: row 5, the row closest to the other two, not row 0.
+    distances = K.pairwise_sq_distances(t([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0]]))
+    assert K.iterated_krum_selection(distances, 1, 5).tolist() == [2, 3, 1, 4, 5]
+    assert K.iterated_krum_selection(distances, 1, 0).tolist() == []
+    with pytest.raises(ValueError, match="count"):
+        K.iterated_krum_selection(distances, 1, 8)
+
+
+def test_iterated_krum_selection_last_pick_with_f_1_is_the_row_closest_to_the_others():
+    # Bulyan's last pick sees r = 2f + 1 = 3 rows. Summed squared distances to the other two:
+    # row 0 (10): 100 + 81 = 181; row 1 (0): 100 + 1 = 101; row 2 (1): 81 + 1 = 82.
+    distances = K.pairwise_sq_distances(t([[10.0], [0.0], [1.0]]))
+    assert K.iterated_krum_selection(distances, 1, 1).tolist() == [2]
+    # Krum's own count, r - f - 2 = 0, scores every row 0 (row 0 would win on its index alone);
+    # one neighbour ties the closest pair, rows 1 and 2 (row 1 would win on its index alone).
+    assert K.krum_scores_from_distances(distances, 1).tolist() == [0.0, 0.0, 0.0]
+    assert K.krum_scores_from_distances(distances, 1, neighbours=1).tolist() == [81.0, 1.0, 1.0]
 
 
 # -- robust centres and clipping ------------------------------------------------------------
@@ -218,6 +257,65 @@ def test_geometric_median_of_one_row_is_that_row():
     row = t([[0.3, -1.7]])
     point, coefficients = K.geometric_median(row, t([2.0]))
     assert torch.equal(point, row[0]) and coefficients.tolist() == [1.0]
+
+
+FLOAT32_MAX = 3.4028235e38
+
+
+def test_geometric_median_is_not_dragged_off_by_one_far_row():
+    # The geometric median of 0..5 and one far row is the median of the line, 3. Starting at the
+    # mean and stopping on the objective's relative change (which the far row dominates) gave
+    # 30.08 here; the coordinate-wise median start and the movement test give 3.
+    for far in (1e10, FLOAT32_MAX):
+        rows = t([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [far]])
+        point, coefficients = K.geometric_median(rows, torch.ones(7, dtype=torch.float64))
+        assert abs(point.item() - 3.0) < 1e-9
+        assert float(coefficients[6]) < 1e-15
+        assert torch.equal(point, K.weighted_mean(rows, coefficients))
+
+
+@pytest.mark.parametrize("far", [1e10, 1e30, FLOAT32_MAX, -FLOAT32_MAX])
+def test_geometric_median_stays_with_the_honest_rows_up_to_float32_max(far):
+    generator = torch.Generator().manual_seed(1)
+    honest = torch.randn(7, 20, generator=generator, dtype=torch.float64)
+    reference, _ = K.geometric_median(honest, torch.ones(7, dtype=torch.float64), max_iter=1000, tol=0.0)
+    spread = float(K.row_norms(honest - reference).max())
+    outliers = torch.full((3, 20), far, dtype=torch.float64)
+    outliers[1, ::2] = -far  # far away in two directions, not a single one
+    rows = torch.cat([honest, outliers])
+    point, coefficients = K.geometric_median(rows, torch.ones(10, dtype=torch.float64))
+    assert bool(torch.isfinite(point).all()) and bool(torch.isfinite(coefficients).all())
+    # 3 of 10 rows, however far, shift the geometric median by a bounded amount: within the
+    # honest rows' own spread of their geometric median.
+    assert float(K.row_norms((point - reference)[None, :])[0]) < spread
+    assert float(coefficients[7:].sum()) < 1e-6
+    assert torch.equal(point, K.weighted_mean(rows, coefficients))
+    # Permuting the rows gives the same bits, far rows included.
+    perm = torch.randperm(10, generator=generator)
+    assert torch.equal(K.geometric_median(rows[perm], torch.ones(10, dtype=torch.float64))[0], point)
+
+
+def test_geometric_median_stops_when_the_estimate_stops_moving():
+    generator = torch.Generator().manual_seed(2)
+    rows = torch.randn(9, 5, generator=generator, dtype=torch.float64)
+    rows[8] = 1e12  # a far row: it would dominate an objective-based stopping test
+    ones = torch.ones(9, dtype=torch.float64)
+    exact, _ = K.geometric_median(rows, ones, max_iter=1000, tol=0.0)
+    point, _ = K.geometric_median(rows, ones, tol=1e-7)
+    # median distance of the rows from the start is on the order of the honest spread (~2)
+    assert float(K.row_norms((point - exact)[None, :])[0]) < 1e-5
+    # a single step from the coordinate-wise median is already near the honest rows
+    one_step, _ = K.geometric_median(rows, ones, max_iter=1)
+    assert float(K.row_norms((one_step - exact)[None, :])[0]) < 2.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"nu": 0.0}, {"nu": float("nan")}, {"nu": float("inf")}, {"max_iter": 0}, {"tol": -1.0}, {"tol": float("nan")}],
+)
+def test_geometric_median_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        K.geometric_median(t([[1.0], [2.0]]), torch.ones(2, dtype=torch.float64), **kwargs)
 
 
 def test_clip_to_norm_by_hand():

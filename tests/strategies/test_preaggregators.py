@@ -62,6 +62,14 @@ def test_nnm_replaces_each_row_by_the_mean_of_its_n_minus_f_nearest():
     assert mixing.tolist() == [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]
 
 
+def test_nnm_breaks_equal_distances_by_row_index_not_by_content():
+    # f = 1: each row averages its 2 nearest. Rows 1 (1) and 2 (-1) are equally far from row 0;
+    # row 1 has the lower index, so row 0 mixes with it although -1 is the smaller value.
+    mixed, _, mixing = NearestNeighborMixing()(t([[0.0], [1.0], [-1.0]]), ones(3), f=1)
+    assert mixed[0].tolist() == [0.5]
+    assert mixing[0].tolist() == [0.5, 0.5, 0.0]
+
+
 def test_nnm_clamps_f_when_few_rows_arrive():
     mixed, _, mixing = NearestNeighborMixing()(t([[2.0], [4.0]]), ones(2), f=5)
     assert mixed.tolist() == [[2.0], [4.0]] and mixing.tolist() == [[1.0, 0.0], [0.0, 1.0]]

@@ -21,6 +21,7 @@ from torchchain.strategies import (
     MultiKrum,
     TrimmedMean,
 )
+from torchchain.strategies.kernels import iterated_krum_selection, krum_scores, pairwise_sq_distances
 
 
 def t(rows) -> Tensor:
@@ -103,12 +104,36 @@ def test_krum_returns_one_input_row_and_ignores_a_far_outlier():
     assert result.trust.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
 
 
-def test_krum_breaks_ties_by_row_content_whatever_the_row_order():
-    # the corners of a unit square all score 2; the lexicographically smallest corner wins
+def test_krum_breaks_equal_scores_by_row_index_not_by_content():
+    # The corners of a unit square all score 2. Row 0, (1, 1), wins although its first coordinate
+    # is the larger one: ties go to the client whose key sorts first, never to the row content.
     square = t([[1.0, 1.0], [0.0, 1.0], [50.0, 50.0], [1.0, 0.0], [0.0, 0.0]])
     result = ready(Krum(), 5, 1)(square, ones(5))
-    assert result.update.tolist() == [0.0, 0.0]
-    assert result.trust.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert result.update.tolist() == [1.0, 1.0]
+    assert result.trust.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    # The same rows in another key order: the corner now at index 0 wins.
+    order = [4, 3, 2, 1, 0]
+    assert ready(Krum(), 5, 1)(square[order], ones(5)).update.tolist() == [0.0, 0.0]
+
+
+def test_krum_with_two_equal_scores_takes_the_lower_index():
+    # Rows 0 and 1 mirror each other across the axis through rows 2 and 3, so their scores are
+    # exactly equal (9.05) and the lowest; row 0's first coordinate is the larger, and it wins on
+    # its index.
+    updates = t([[0.1, 0.0], [-0.1, 0.0], [0.0, 3.0], [0.0, -3.0], [40.0, 40.0]])
+    scores = krum_scores(updates, 1)
+    assert scores[0] == scores[1] and float(scores[0]) < float(scores[2:].min())
+    result = ready(Krum(), 5, 1)(updates, ones(5))
+    assert result.update.tolist() == [0.1, 0.0]
+    assert result.trust.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_multikrum_breaks_equal_scores_by_row_index():
+    # all four corners score 2; m = 2 takes rows 0 and 1, the first two keys
+    square = t([[1.0, 1.0], [0.0, 1.0], [50.0, 50.0], [1.0, 0.0], [0.0, 0.0]])
+    result = ready(MultiKrum(m=2), 5, 1)(square, ones(5))
+    assert result.update.tolist() == [0.5, 1.0]
+    assert result.trust.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0]
 
 
 def test_krum_requirement_names_n_and_f():
@@ -137,14 +162,27 @@ def test_multikrum_averages_the_m_best_scored_rows():
 
 def test_bulyan_by_hand():
     # n = 7, f = 1: theta = 5 rows by iterated Krum, then beta = 3 values nearest the median.
-    # Selection (scores over r - f - 2 neighbours; ties to the smaller value): row 2 (10, tie with
-    # row 3), row 3 (9), row 1 (10, tie with row 4), row 4 (1, tie with row 5), row 0 (no
-    # neighbours left: all 0, tie with rows 5 and 6).
-    # Values 0..4: median 2, nearest three 1, 2, 3 -> 2.
+    # Selection (scores over max(r - f - 2, 2) neighbours; ties to the lower index): row 2 (10,
+    # tie with row 3), row 3 (9), row 1 (10, tie with row 4), row 4 (17), then row 5: of 0, 5 and
+    # 100 it is the closest to the other two (Krum's r - f - 2 = 0 neighbours would tie all three
+    # and take row 0). Values 1..5: median 3, nearest three 2, 3, 4 -> 3.
     updates = t([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0]])
     result = ready(Bulyan(), 7, 1)(updates, ones(7))
-    assert result.update.tolist() == [2.0]
-    assert result.trust.tolist() == [0.0, 1 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0]
+    assert result.update.tolist() == [3.0]
+    assert result.trust.tolist() == [0.0, 0.0, 1 / 3, 1 / 3, 1 / 3, 0.0, 0.0]
+
+
+def test_bulyan_last_pick_with_f_1_uses_the_rows_not_their_order():
+    # n = 8, f = 1: theta = 6 picks. The last one sees 3 rows: 0 (-30, the lowest index), 5 (9.5)
+    # and 6 (12). Krum's r - f - 2 = 0 neighbours would score all three 0 and take row 0; summed
+    # distances to the other two take row 5, the one closest to the others.
+    updates = t([[-30.0], [10.0], [10.25], [9.75], [10.5], [9.5], [12.0], [11.0]])
+    picks = iterated_krum_selection(pairwise_sq_distances(updates), 1, 6).tolist()
+    assert picks == [2, 1, 4, 3, 7, 5]
+    result = ready(Bulyan(), 8, 1)(updates, ones(8))
+    # selected 9.5, 9.75, 10, 10.25, 10.5, 11: median 10.125, the 4 nearest 9.75 .. 10.5
+    assert result.update.tolist() == [10.125]
+    assert result.trust.tolist() == [0.0, 0.25, 0.25, 0.25, 0.25, 0.0, 0.0, 0.0]
 
 
 def test_bulyan_requirement_names_n_and_f():
@@ -167,13 +205,21 @@ def test_lnearest_excludes_a_sign_flipped_row():
         LNearest(l=5).setup(num_clients=4, num_byzantine=1)
 
 
+def test_lnearest_breaks_equal_distances_by_row_index_not_by_content():
+    # median 0; rows 0 (1) and 1 (-1) are equally far; l = 2 takes row 2 and then row 0, the lower
+    # index, although -1 is the smaller value
+    result = ready(LNearest(l=2), 3, 0)(t([[1.0], [-1.0], [0.0]]), ones(3))
+    assert result.update.tolist() == [0.5]
+    assert result.trust.tolist() == [0.5, 0.0, 0.5]
+
+
 # -- GeoMed ---------------------------------------------------------------------------------
 
 
 def test_geomed_is_within_tolerance_of_the_minimiser_of_summed_distances():
     updates = t([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [1.0, 1.0], [30.0, -20.0]])
     weights = t([2.0, 1.0, 1.0, 3.0, 1.0])
-    result = GeoMed(nu=1e-9, max_iter=500, tol=1e-12)(updates, weights)
+    result = GeoMed(nu=1e-9, max_iter=500, tol=1e-12, weights="samples")(updates, weights)
 
     def objective(z: Tensor) -> float:
         return float((weights * (updates - z).norm(dim=1)).sum())
@@ -183,6 +229,47 @@ def test_geomed_is_within_tolerance_of_the_minimiser_of_summed_distances():
         assert best <= objective(result.update + 1e-3 * t(direction)) + 1e-9
     # trust holds the coefficients of the last Weiszfeld step, whose weighted mean is the result
     assert torch.allclose(result.update, (result.trust[:, None] * updates).sum(0), rtol=0, atol=1e-12)
+
+
+def test_geomed_at_its_defaults_finds_the_median_despite_a_far_row():
+    # Used to give 30.08: the mean start and the objective-based stop let the far row win.
+    for far in (1e10, 3.4028235e38):
+        updates = t([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [far]])
+        result = GeoMed()(updates, ones(7))
+        assert abs(result.update.item() - 3.0) < 1e-9
+        assert result.trust[6].item() < 1e-15
+
+
+def test_geomed_by_default_ignores_a_claim_of_2_63_samples():
+    updates = t([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0], [1e6, -1e6]])
+    claims = ones(5)
+    claims[4] = float(2**63 - 1)
+    honest = GeoMed()(updates, ones(5))
+    claimed = GeoMed()(updates, claims)
+    assert torch.equal(claimed.update, honest.update) and torch.equal(claimed.trust, honest.trust)
+    assert float(claimed.update.abs().max()) < 2.0
+    # weighting by the claimed counts hands the result to the claimant
+    owned = GeoMed(weights="samples")(updates, claims).update
+    assert torch.allclose(owned, updates[4], rtol=1e-9, atol=0)
+
+
+def test_fedavg_weights_by_samples_by_default_and_equally_when_asked():
+    updates, claims = t([[1.0, 2.0], [3.0, 6.0]]), t([1.0, 3.0])
+    assert FedAvg()(updates, claims).update.tolist() == [2.5, 5.0]
+    equal = FedAvg(weights="equal")(updates, claims)
+    assert equal.update.tolist() == [2.0, 4.0] and equal.trust.tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("cls", [FedAvg, GeoMed])
+def test_weighting_is_validated_and_recorded(cls):
+    for bad in ("uniform", "", "Samples", None, 1, True):
+        with pytest.raises(ConfigError, match=rf"{cls.name}: weights must be 'samples' or 'equal', got {bad!r}"):
+            cls(weights=bad)
+    default = "samples" if cls is FedAvg else "equal"
+    assert cls().weights == default
+    assert cls().hyperparameters()["weights"] == default
+    other = "equal" if default == "samples" else "samples"
+    assert cls(weights=other).describe()["weights"] == other
 
 
 @pytest.mark.parametrize("kwargs", [{"nu": 0.0}, {"max_iter": 0}, {"tol": -1.0}])

@@ -1,7 +1,7 @@
 """Building the recorded strategy without running anything the ledger names.
 
 The genesis config says which strategy a chain aggregates with. That config may come from an
-enemy, so it is never handed to Hydra (whose interpolations and nested ``_target_``\ s can build
+enemy, so it is never handed to Hydra (whose interpolations and nested ``_target_`` entries can build
 arbitrary objects) and nothing it names is imported unless it is on an allow-list:
 
 * the built-in rules (:data:`torchchain.strategies.STRATEGIES`) and pre-aggregation steps
@@ -46,17 +46,17 @@ def _builtin_pre_targets() -> dict[str, type[PreAggregator]]:
     return {path: cls for cls in PRE_AGGREGATORS.values() for path in _paths(cls)}
 
 
-def _import_trusted(target: str, base: type) -> type:
+def _import_trusted(target: str, base: type, where: str = "strategy") -> type:
     """Import a class the user trusts; it must subclass ``base``."""
     module_name, _, attribute = target.rpartition(".")
     if not module_name or not all(part.isidentifier() for part in target.split(".")):
-        raise ConfigError(f"{target!r} is not a dotted import path such as 'my_pkg.MyStrategy'")
+        raise ConfigError(f"{where}._target_={target!r} is not a dotted import path such as 'my_pkg.MyStrategy'")
     try:
         obj = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import the trusted class {target!r}: {exc}") from None
+        raise ConfigError(f"{where}._target_={target!r} cannot be imported: {exc}") from None
     if not (isinstance(obj, type) and issubclass(obj, base)):
-        raise ConfigError(f"the trusted {target!r} is not a {base.__name__} subclass")
+        raise ConfigError(f"{where}._target_={target!r} is not a {base.__module__}.{base.__name__} subclass")
     return obj
 
 
@@ -116,11 +116,11 @@ def _pre_steps(raw: Any, trusted: frozenset[str], budget: list[int]) -> list[Any
         budget[0] -= 1
         if isinstance(step, str):
             if step not in PRE_AGGREGATORS:
-                raise ConfigError(f"{where}={step[:40]!r} is not one of {sorted(PRE_AGGREGATORS)}")
+                raise ConfigError(f"{where}: pre-aggregation step {step[:40]!r} is unknown; use one of {sorted(PRE_AGGREGATORS)}")
             steps.append(step)
         elif isinstance(step, Mapping) and isinstance(step.get("_target_"), str):
             target = step["_target_"]
-            cls = builtin.get(target) or (_import_trusted(target, PreAggregator) if target in trusted else None)
+            cls = builtin.get(target) or (_import_trusted(target, PreAggregator, where) if target in trusted else None)
             if cls is None:
                 raise ConfigError(f"{where} names {target[:80]!r}, which is not a built-in pre-aggregation step")
             steps.append(_build(cls, _arguments(step, where, budget), where))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchchain.chain.block import Block, make_block
+from torchchain.chain.block import Block, Transaction, make_block
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger
 from torchchain.protocol.record import Rejections, RoundRecord
@@ -51,6 +51,16 @@ class PreparedBlock:
     def model(self) -> dict[str, torch.Tensor]:
         """The new global model."""
         return self.result.model
+
+    @property
+    def accepted(self) -> list[Transaction]:
+        """The accepted transactions, in block (client-key) order."""
+        return list(self.block.transactions)
+
+    @property
+    def rejected(self) -> list[dict[str, str]]:
+        """The recorded sample of refusals (``client``, ``update_hash``, ``code``, ``reason``)."""
+        return [dict(entry) for entry in self.rejections.sample]
 
     @property
     def trust(self) -> dict[str, float]:

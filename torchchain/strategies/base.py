@@ -19,6 +19,7 @@ and it is selected with ``python train.py strategy._target_=my_pkg.TrimmedAverag
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,38 @@ from torch import Tensor
 from torchchain.errors import ConfigError
 from torchchain.strategies.kernels import sequential_sum
 
-__all__ = ["Aggregate", "PreAggregator", "Strategy"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_ITERATIONS",
+    "MAX_NORM",
+    "MAX_PRE_STEPS",
+    "WEIGHTINGS",
+    "Aggregate",
+    "PreAggregator",
+    "Strategy",
+    "require_choice",
+    "require_int",
+    "require_number",
+]
+
+# A strategy's config may come from a ledger written by someone else, so every argument of a
+# built-in rule is bounded: a count or an iteration budget cannot make a replaying node spin or
+# allocate without end, and a real-valued argument is a finite number in a stated range.
+
+#: The largest count a config may give (``f``, clients, bucket size ``s``, ``l``, ``m``, ``trim``,
+#: ``root_samples``).
+MAX_COUNT = 10**6
+#: The most iterations a rule may run per aggregation (CenteredClipping ``iterations``, GeoMed
+#: ``max_iter``).
+MAX_ITERATIONS = 1000
+#: The largest norm or distance a config may give (CenteredClipping ``tau``, Clipping ``c``,
+#: GeoMed ``nu``).
+MAX_NORM = 1e9
+#: The most pre-aggregation steps a strategy may run.
+MAX_PRE_STEPS = 8
+#: How a rule that averages may weight the rows: ``"samples"`` by the client-claimed sample
+#: counts, ``"equal"`` all alike (the counts passed in are ignored).
+WEIGHTINGS = ("samples", "equal")
 
 
 @dataclass(frozen=True)
@@ -112,13 +144,26 @@ class Strategy(ABC):
     the largest ``f`` they tolerate for the rows present, and a single row comes back as is
     (except for rules anchored to something other than the rows, which say so).
 
+    The sample counts passed in are claimed by the clients, so a client can claim any count.
+    The built-in rules that weight rows (:class:`~torchchain.strategies.FedAvg`,
+    :class:`~torchchain.strategies.GeoMed`) take ``weights="samples"`` or ``weights="equal"``
+    (one of :data:`WEIGHTINGS`); only FedAvg, the plain average, defaults to ``"samples"``. The
+    other built-in rules ignore the counts.
+
+    Every argument of a built-in rule or step is checked at construction against a stated range
+    (:data:`MAX_COUNT`, :data:`MAX_ITERATIONS`, :data:`MAX_NORM`), since a config may come from
+    someone else's ledger; :func:`require_int`, :func:`require_number` and
+    :func:`require_choice` do the same for user rules.
+
     Args:
-        f: The number of Byzantine clients the rule assumes. ``None`` (default) takes the run's
-            configured byzantine count in :meth:`setup`; an explicit value wins.
+        f: The number of Byzantine clients the rule assumes, an int in ``[0, MAX_COUNT]``.
+            ``None`` (default) takes the run's configured byzantine count in :meth:`setup`; an
+            explicit value wins.
         pre: Pre-aggregation steps applied in order before :meth:`aggregate`: instances of
             :class:`PreAggregator`, or the names ``"bucketing"``, ``"nnm"`` and ``"clipping"`` for
-            the default-parameter steps. Default: none. Steps receive ``f``, so a strategy with
-            steps needs ``f`` (given here or set by :meth:`setup`) even if the rule ignores it.
+            the default-parameter steps; at most :data:`MAX_PRE_STEPS`. Default: none. Steps
+            receive ``f``, so a strategy with steps needs ``f`` (given here or set by
+            :meth:`setup`) even if the rule ignores it.
 
     Attributes:
         f: The resolved Byzantine count (``None`` until given or set up).
@@ -126,7 +171,8 @@ class Strategy(ABC):
         num_clients: The client count passed to :meth:`setup` (``None`` before).
 
     Raises:
-        ConfigError: If ``f`` is not a non-negative int or a step is unknown.
+        ConfigError: If ``f`` is not an int in ``[0, MAX_COUNT]``, ``pre`` is not a list of at
+            most ``MAX_PRE_STEPS`` steps, or a step is unknown.
     """
 
     #: The name used in configs and recorded in the ledger; user subclasses may leave it empty,
@@ -137,7 +183,7 @@ class Strategy(ABC):
 
     def __init__(self, *, f: int | None = None, pre: Sequence[PreAggregator | str] = ()) -> None:
         if f is not None:
-            _require_int(self._label(), "f", f, minimum=0)
+            require_int(self._label(), "f", f, minimum=0, maximum=MAX_COUNT)
         self._configured_f = f
         self.f: int | None = f
         self.pre: tuple[PreAggregator, ...] = _resolve_pre_steps(self._label(), pre)
@@ -149,16 +195,17 @@ class Strategy(ABC):
         """Fix ``f`` for the run and check the rule can run with these many clients.
 
         Args:
-            num_clients: Clients in the run, ``>= 1``.
-            num_byzantine: The run's configured Byzantine count; used as ``f`` unless ``f`` was
-                given to the constructor.
+            num_clients: Clients in the run, an int in ``[1, MAX_COUNT]``.
+            num_byzantine: The run's configured Byzantine count, in ``[0, MAX_COUNT]``; used as
+                ``f`` unless ``f`` was given to the constructor.
 
         Raises:
-            ConfigError: With what to change, if the rule (after its pre-aggregation steps)
-                cannot tolerate ``f`` Byzantine clients among ``num_clients``.
+            ConfigError: If a count is out of range, or, with what to change, if the rule (after
+                its pre-aggregation steps) cannot tolerate ``f`` Byzantine clients among
+                ``num_clients``.
         """
-        _require_int(self._label(), "num_clients", num_clients, minimum=1)
-        _require_int(self._label(), "num_byzantine", num_byzantine, minimum=0)
+        require_int(self._label(), "num_clients", num_clients, minimum=1, maximum=MAX_COUNT)
+        require_int(self._label(), "num_byzantine", num_byzantine, minimum=0, maximum=MAX_COUNT)
         f = self._configured_f if self._configured_f is not None else num_byzantine
         rows = num_clients
         for step in self.pre:
@@ -305,9 +352,82 @@ def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _require_int(owner: str, key: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{owner}: {key} must be an int >= {minimum}, got {value!r}")
+def require_int(owner: str, key: str, value: Any, *, minimum: int, maximum: int) -> int:
+    """Check a count from a config: an ``int`` (not a ``bool``) in ``[minimum, maximum]``.
+
+    Args:
+        owner: The rule or step, for the message (``"krum"``).
+        key: The argument, for the message (``"f"``).
+        value: The value to check.
+        minimum: The smallest value allowed.
+        maximum: The largest value allowed.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ConfigError: Naming ``key`` and the allowed range, if ``value`` is not such an int.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(f"{owner}: {key} must be an int in [{minimum}, {maximum}], got {_shown(value)}")
+    return value
+
+
+def require_number(
+    owner: str, key: str, value: Any, *, minimum: float, maximum: float, include_minimum: bool = True
+) -> float:
+    """Check a real-valued argument from a config: a finite ``int`` or ``float`` in range.
+
+    ``bool`` and strings are refused, as are NaN and the infinities; ints of any size are
+    compared exactly before they are converted, so a huge int is refused rather than overflowing.
+
+    Args:
+        owner: The rule or step, for the message.
+        key: The argument, for the message.
+        value: The value to check.
+        minimum: The lower bound.
+        maximum: The upper bound (inclusive).
+        include_minimum: Whether ``minimum`` itself is allowed; ``False`` for "positive".
+
+    Returns:
+        ``value`` as a ``float``.
+
+    Raises:
+        ConfigError: Naming ``key`` and the allowed range, if ``value`` is out of it.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if ok:
+        ok = (minimum <= value if include_minimum else minimum < value) and value <= maximum
+    if not ok:
+        low = "[" if include_minimum else "("
+        kind = "a positive number" if (minimum == 0 and not include_minimum) else "a finite number"
+        raise ConfigError(f"{owner}: {key} must be {kind} in {low}{minimum:g}, {maximum:g}], got {_shown(value)}")
+    return float(value)
+
+
+def require_choice(owner: str, key: str, value: Any, choices: Sequence[str]) -> str:
+    """Check a string argument from a config against its allowed values.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ConfigError: Naming ``key``, the value given and the allowed values.
+    """
+    if not isinstance(value, str) or value not in choices:
+        allowed = " or ".join(repr(choice) for choice in choices)
+        raise ConfigError(f"{owner}: {key} must be {allowed}, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a hostile config's value may be a huge int or a long string."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _resolve_pre_steps(
@@ -319,6 +439,10 @@ def _resolve_pre_steps(
 
     if isinstance(pre, (str, PreAggregator)):
         pre = [pre]
+    if not isinstance(pre, Sequence):
+        raise ConfigError(f"{owner}: pre must be a list of pre-aggregation steps, got {_shown(pre)}")
+    if len(pre) > MAX_PRE_STEPS:
+        raise ConfigError(f"{owner}: pre may list at most {MAX_PRE_STEPS} pre-aggregation steps, got {len(pre)}")
     steps = []
     for step in pre:
         if isinstance(step, PreAggregator):
@@ -327,7 +451,7 @@ def _resolve_pre_steps(
             steps.append(PRE_AGGREGATORS[step]())
         else:
             raise ConfigError(
-                f"{owner}: pre-aggregation step {step!r} is unknown: use a PreAggregator instance "
+                f"{owner}: pre-aggregation step {_shown(step)} is unknown: use a PreAggregator instance "
                 f"or one of {sorted(PRE_AGGREGATORS)}"
             )
     return tuple(steps)

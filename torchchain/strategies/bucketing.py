@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchchain.errors import ConfigError
-from torchchain.strategies.base import PreAggregator
+from torchchain.strategies.base import MAX_COUNT, PreAggregator, require_int
 from torchchain.strategies.kernels import sorted_sum, weighted_mean
 
 __all__ = ["Bucketing"]
@@ -33,18 +32,16 @@ class Bucketing(PreAggregator):
     its members' sample counts. Mixing: ``1/|bucket|`` from each member to its bucket.
 
     Args:
-        s: Bucket size; default 2.
+        s: Bucket size, an int in ``[1, MAX_COUNT]``; default 2.
 
     Raises:
-        ConfigError: If ``s`` is not a positive int.
+        ConfigError: If ``s`` is out of range.
     """
 
     name = "bucketing"
 
     def __init__(self, *, s: int = 2) -> None:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ConfigError(f"bucketing: the bucket size s must be a positive int, got {s!r}")
-        self.s = s
+        self.s = require_int(self.name, "the bucket size s", s, minimum=1, maximum=MAX_COUNT)
 
     def output_rows(self, n: int) -> int:
         return math.ceil(n / self.s)

@@ -8,10 +8,9 @@ from torch import Tensor
 from torchchain.errors import ConfigError
 from torchchain.strategies.base import Aggregate, Strategy
 from torchchain.strategies.kernels import (
-    krum_scores_from_distances,
+    iterated_krum_selection,
     mean_around_median_with_shares,
     pairwise_sq_distances,
-    smallest_indices,
 )
 
 __all__ = ["Bulyan"]
@@ -22,15 +21,21 @@ class Bulyan(Strategy):
 
     El Mhamdi et al., 2018, "The Hidden Vulnerability of Distributed Learning in Byzantium".
     Stage one picks the row with the best Krum score, removes it, and repeats on the rest until
-    ``theta = n - 2f`` rows are selected (with ``r`` rows left a score sums the ``r - f - 2``
-    nearest neighbours, at least 0). Stage two averages, for every coordinate, the
+    ``theta = n - 2f`` rows are selected. Stage two averages, for every coordinate, the
     ``beta = theta - 2f`` selected values closest to that coordinate's median. Requires
     ``n >= 4f + 3``; sample counts are ignored (a client could claim any count).
 
+    With ``r`` rows left, Krum's score sums the ``r - f - 2`` nearest neighbours, which falls to
+    ``f - 1`` at the last pick (always ``r = n - theta + 1 = 2f + 1``): for ``f = 1`` every score
+    would be 0, and for ``f = 2`` the two rows of the closest pair would always tie, so the pick
+    would depend on the row order rather than on the rows. Each score therefore sums
+    ``max(r - f - 2, 2)`` neighbours (at most ``r - 1``): Krum's count while ``r >= f + 4``, and
+    at the last picks the row with the smallest summed distance to its two nearest remaining
+    rows (see :func:`~torchchain.strategies.kernels.iterated_krum_selection`). Among equal scores
+    the lower row index (client-key order) wins, never the row content.
+
     With fewer rows than that allows, ``effective_f(n) = min(f, (n - 3) // 4)`` (at least 0) is
-    used, so a single row comes back as is. Among equal scores (common in the last selections,
-    where few or no neighbours count) the lexicographically smaller row is taken, so the result
-    does not depend on the order of the rows.
+    used, so a single row comes back as is.
 
     Trust: the share of kept (coordinate, value) slots each row filled in stage two (0 for rows
     stage one did not select).
@@ -54,18 +59,8 @@ class Bulyan(Strategy):
         n = updates.shape[0]
         f = self.effective_f(n)
         theta = n - 2 * f
-        distances = pairwise_sq_distances(updates)
-        remaining = list(range(n))
-        selected: list[int] = []
-        while len(selected) < theta:
-            index = torch.tensor(remaining)
-            # Selected rows score +inf, so the pick is among the remaining rows.
-            scores = torch.full((n,), float("inf"), dtype=torch.float64)
-            scores[index] = krum_scores_from_distances(distances[index][:, index], f)
-            best = int(smallest_indices(scores, 1, rows=updates)[0])
-            selected.append(best)
-            remaining.remove(best)
-        chosen = torch.tensor(sorted(selected))
+        selected = iterated_krum_selection(pairwise_sq_distances(updates), f, theta)
+        chosen = torch.sort(selected).values
         update, shares = mean_around_median_with_shares(updates[chosen], theta - 2 * f)
         trust = torch.zeros(n, dtype=torch.float64)
         trust[chosen] = shares

@@ -8,8 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchchain.errors import ConfigError
-from torchchain.strategies.base import Aggregate, PreAggregator, Strategy
+from torchchain.strategies.base import (
+    MAX_ITERATIONS,
+    MAX_NORM,
+    Aggregate,
+    PreAggregator,
+    Strategy,
+    require_int,
+    require_number,
+)
 from torchchain.strategies.kernels import clip_factors, sorted_sum, weighted_mean
 
 __all__ = ["CenteredClipping"]
@@ -32,13 +39,13 @@ class CenteredClipping(Strategy):
     Trust: the clipping factors ``min(1, tau / |x_i - v|)`` of the last iteration, normalised.
 
     Args:
-        tau: Clipping radius around the centre; default 1.0.
-        iterations: Clipping iterations per round; default 1.
+        tau: Clipping radius around the centre, in ``(0, MAX_NORM]``; default 1.0.
+        iterations: Clipping iterations per round, an int in ``[1, MAX_ITERATIONS]``; default 1.
         f: Byzantine clients assumed; only pre-aggregation steps use it. Default ``None``.
         pre: Pre-aggregation steps; default none.
 
     Raises:
-        ConfigError: If ``tau`` is not positive or ``iterations`` not a positive int.
+        ConfigError: If ``tau`` or ``iterations`` is out of its range.
     """
 
     name = "centered_clipping"
@@ -52,12 +59,8 @@ class CenteredClipping(Strategy):
         pre: Sequence[PreAggregator | str] = (),
     ) -> None:
         super().__init__(f=f, pre=pre)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
-            raise ConfigError(f"centered_clipping: tau must be a positive number, got {tau!r}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ConfigError(f"centered_clipping: iterations must be a positive int, got {iterations!r}")
-        self.tau = float(tau)
-        self.iterations = iterations
+        self.tau = require_number(self.name, "tau", tau, minimum=0.0, maximum=MAX_NORM, include_minimum=False)
+        self.iterations = require_int(self.name, "iterations", iterations, minimum=1, maximum=MAX_ITERATIONS)
         self._center: Tensor | None = None
 
     def aggregate(self, updates: Tensor, weights: Tensor) -> Aggregate:

@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchchain.errors import ConfigError
-from torchchain.strategies.base import PreAggregator
+from torchchain.strategies.base import MAX_NORM, PreAggregator, require_number
 from torchchain.strategies.kernels import clip_to_norm
 
 __all__ = ["Clipping"]
@@ -23,18 +22,16 @@ class Clipping(PreAggregator):
     Mixing: the identity (each row still stands for its own client).
 
     Args:
-        c: The largest norm kept; default 1.0.
+        c: The largest norm kept, in ``(0, MAX_NORM]``; default 1.0.
 
     Raises:
-        ConfigError: If ``c`` is not a positive number.
+        ConfigError: If ``c`` is out of range.
     """
 
     name = "clipping"
 
     def __init__(self, *, c: float = 1.0) -> None:
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0:
-            raise ConfigError(f"clipping: the norm bound c must be a positive number, got {c!r}")
-        self.c = float(c)
+        self.c = require_number(self.name, "the norm bound c", c, minimum=0.0, maximum=MAX_NORM, include_minimum=False)
 
     def __call__(
         self, updates: Tensor, weights: Tensor, *, f: int, generator: torch.Generator | None = None

@@ -8,8 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from torchchain.errors import ConfigError
-from torchchain.strategies.base import Aggregate, PreAggregator, Strategy
+from torchchain.strategies.base import MAX_COUNT, Aggregate, PreAggregator, Strategy, require_int
 from torchchain.strategies.kernels import cosine_similarities, row_norms, sorted_sum, weighted_mean
 
 __all__ = ["FLTrust"]
@@ -33,12 +32,12 @@ class FLTrust(Strategy):
 
     Args:
         root_samples: Size of the server's clean root set, which the runtime cuts from the
-            training data; default 100.
+            training data; an int in ``[1, MAX_COUNT]``, default 100.
         f: Byzantine clients assumed; only pre-aggregation steps use it. Default ``None``.
         pre: Pre-aggregation steps; default none.
 
     Raises:
-        ConfigError: If ``root_samples`` is not a positive int.
+        ConfigError: If ``root_samples`` is out of range.
     """
 
     name = "fltrust"
@@ -48,9 +47,7 @@ class FLTrust(Strategy):
         self, *, root_samples: int = 100, f: int | None = None, pre: Sequence[PreAggregator | str] = ()
     ) -> None:
         super().__init__(f=f, pre=pre)
-        if isinstance(root_samples, bool) or not isinstance(root_samples, int) or root_samples < 1:
-            raise ConfigError(f"fltrust: root_samples must be a positive int, got {root_samples!r}")
-        self.root_samples = root_samples
+        self.root_samples = require_int(self.name, "root_samples", root_samples, minimum=1, maximum=MAX_COUNT)
         self._reference: Tensor | None = None
 
     def set_reference(self, update: Tensor) -> None:

@@ -12,10 +12,14 @@ block's aggregate and compare model hashes, so the functions keep three rules:
 * **Sums over clients do not depend on the order of the clients.** The terms of each coordinate
   are sorted before they are added (:func:`sorted_sum`), so permuting the rows of ``updates``
   (with their weights) leaves a mean bit-identical.
-* **Ties are broken by content, then by row index.** Among rows with equal scores or
-  distances, selections prefer the lexicographically smaller row, so the selected *values* do not
-  depend on the order of the rows either (a client cannot win ties by choosing a key that sorts
-  first); only exact duplicates are told apart by index, and they give the same values.
+* **Ties are broken by row index.** Among rows with equal scores or distances, selections
+  prefer the row with the smaller index (a stable sort by value, then index). Rows arrive sorted
+  by client key, so that is client-key order, which the ledger fixes before any update is seen.
+  Breaking ties by row *content* instead (say, the lexicographically smaller row) would hand the
+  tie to whoever chose the smaller coordinate, which is the attacker's to choose. Exact ties
+  between distinct rows need exactly equal float64 scores, so they are rare outside symmetric
+  or degenerate inputs; selections whose ties are structural (Krum with one neighbour, where the
+  two rows of the closest pair always tie) say so.
 
 Callers should pass updates whose zeros are all ``+0.0`` (``x + 0.0`` does that): ``-0.0`` and
 ``+0.0`` compare equal, so a sort could put either first and an order statistic could come back
@@ -24,7 +28,7 @@ with either sign. :class:`~torchchain.strategies.base.Strategy` does this before
 
 from __future__ import annotations
 
-from functools import cmp_to_key
+import math
 
 import torch
 from torch import Tensor
@@ -36,6 +40,7 @@ __all__ = [
     "coordinate_trimmed_mean",
     "cosine_similarities",
     "geometric_median",
+    "iterated_krum_selection",
     "krum_scores",
     "krum_scores_from_distances",
     "mean_around_median_with_shares",
@@ -295,54 +300,32 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     return distances
 
 
-def smallest_indices(values: Tensor, k: int, *, rows: Tensor | None = None) -> Tensor:
+def smallest_indices(values: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` smallest entries of a vector, smallest first.
 
+    The sort is stable: among equal values the smaller index comes first. Callers pass rows in
+    client-key order, so ties go to the client whose key sorts first, never to the row content.
+
     Args:
-        values: ``(n,)`` float64.
+        values: ``(n,)`` float64 without NaNs.
         k: How many indices to return, ``0 <= k <= n``.
-        rows: Optional ``(n, d)`` rows the values belong to. Given, equal values are ordered by
-            their rows lexicographically (then by index); without it, by index.
 
     Returns:
         ``(k,)`` int64.
+
+    Raises:
+        ValueError: If ``k`` is out of range.
     """
     n = values.shape[0]
     if not 0 <= k <= n:
         raise ValueError(f"k must satisfy 0 <= k <= {n}, got {k}")
-    order = torch.sort(values, stable=True).indices.tolist()
-    if rows is not None:
-        if rows.shape[0] != n:
-            raise ValueError(f"rows must have {n} rows to match values, got {rows.shape[0]}")
-        order = _order_ties_by_rows(order, values.tolist(), rows, k)
-    return torch.tensor(order[:k], dtype=torch.int64)
-
-
-def _order_ties_by_rows(order: list[int], values: list[float], rows: Tensor, k: int) -> list[int]:
-    """Reorder each run of equal values in ``order`` (that reaches the first ``k``) by row content."""
-
-    def compare(a: int, b: int) -> int:
-        differ = (rows[a] != rows[b]).nonzero()
-        if differ.shape[0] == 0:
-            return -1 if a < b else 1
-        j = int(differ[0, 0])
-        return -1 if bool(rows[a, j] < rows[b, j]) else 1
-
-    start = 0
-    while start < min(k, len(order)):
-        stop = start + 1
-        while stop < len(order) and values[order[stop]] == values[order[start]]:
-            stop += 1
-        if stop - start > 1:
-            order[start:stop] = sorted(order[start:stop], key=cmp_to_key(compare))
-        start = stop
-    return order
+    return torch.sort(values, stable=True).indices[:k].to(torch.int64)
 
 
 def nearest_rows(updates: Tensor, center: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` rows nearest in L2 to ``center``, nearest first.
 
-    Among rows equally far, the lexicographically smaller row comes first (then the lower index).
+    Among rows equally far, the lower index comes first (:func:`smallest_indices`).
 
     Args:
         updates: ``(n, d)`` float64.
@@ -352,29 +335,37 @@ def nearest_rows(updates: Tensor, center: Tensor, k: int) -> Tensor:
     Returns:
         ``(k,)`` int64.
     """
-    return smallest_indices(sq_distances_to(updates, center), k, rows=updates)
+    return smallest_indices(sq_distances_to(updates, center), k)
 
 
-def krum_scores_from_distances(sq_distances: Tensor, f: int) -> Tensor:
+def krum_scores_from_distances(sq_distances: Tensor, f: int, *, neighbours: int | None = None) -> Tensor:
     """Krum scores from a matrix of squared distances.
 
     The score of row ``i`` is the sum of its squared distances to its ``n - f - 2`` nearest other
     rows (Blanchard et al., 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent"). When ``n - f - 2 < 0`` (fewer than ``f + 2`` rows) no neighbours count and every
-    score is 0.
+    score is 0. With one neighbour the two rows of the closest pair always tie.
 
     Args:
         sq_distances: ``(n, n)`` float64, symmetric, as from :func:`pairwise_sq_distances`.
         f: The number of Byzantine rows assumed, ``f >= 0``.
+        neighbours: How many nearest other rows a score sums, ``0 <= neighbours <= n - 1``;
+            ``None`` (default) for Krum's ``max(n - f - 2, 0)``.
 
     Returns:
         ``(n,)`` float64; lower is better. Each score is a sum in ascending order, so it does not
         depend on the order of the rows.
+
+    Raises:
+        ValueError: If ``f`` is negative or ``neighbours`` out of range.
     """
     if f < 0:
         raise ValueError(f"f must be non-negative, got {f}")
     n = sq_distances.shape[0]
-    neighbours = max(n - f - 2, 0)
+    if neighbours is None:
+        neighbours = max(n - f - 2, 0)
+    elif not 0 <= neighbours <= max(n - 1, 0):
+        raise ValueError(f"neighbours must satisfy 0 <= neighbours <= n - 1 = {n - 1}, got {neighbours}")
     others = sq_distances.clone()
     others.fill_diagonal_(float("inf"))
     nearest = torch.sort(others, dim=1).values[:, :neighbours]
@@ -394,6 +385,51 @@ def krum_scores(updates: Tensor, f: int) -> Tensor:
     return krum_scores_from_distances(pairwise_sq_distances(updates), f)
 
 
+def iterated_krum_selection(sq_distances: Tensor, f: int, count: int) -> Tensor:
+    """Bulyan's first stage: pick the best Krum-scored row, remove it, repeat ``count`` times.
+
+    El Mhamdi et al., 2018, "The Hidden Vulnerability of Distributed Learning in Byzantium",
+    apply Krum to the rows not yet selected. With ``r`` rows left, Krum's score sums the
+    ``r - f - 2`` nearest neighbours, which at Bulyan's last pick (``count = n - 2f``, so
+    ``r = 2f + 1``) falls to ``f - 1``: for ``f = 1`` no neighbour counts, every score is 0 and
+    the pick says nothing about the rows; for ``f = 2`` one neighbour counts, and the two rows of
+    the closest pair always tie. So each score here sums ``max(r - f - 2, 2)`` neighbours (at
+    most the ``r - 1`` there are): for ``r >= f + 4`` that is Krum's own count, and below it the
+    pick is still the row with the smallest summed distance to its two nearest remaining rows (at
+    ``r = 3``, the row closest to the other two), whose scores tie only when distances happen to
+    coincide, not by construction.
+
+    Args:
+        sq_distances: ``(n, n)`` float64, symmetric, as from :func:`pairwise_sq_distances`.
+        f: The number of Byzantine rows assumed, ``f >= 0``.
+        count: How many rows to pick, ``0 <= count <= n``.
+
+    Returns:
+        ``(count,)`` int64, the picks in the order they were made. Among equal scores the lower
+        index is picked.
+
+    Raises:
+        ValueError: If ``f`` is negative or ``count`` out of range.
+    """
+    n = sq_distances.shape[0]
+    if f < 0:
+        raise ValueError(f"f must be non-negative, got {f}")
+    if not 0 <= count <= n:
+        raise ValueError(f"count must satisfy 0 <= count <= {n}, got {count}")
+    remaining = list(range(n))
+    selected: list[int] = []
+    while len(selected) < count:
+        r = len(remaining)
+        index = torch.tensor(remaining, dtype=torch.int64)
+        neighbours = min(max(r - f - 2, 2), r - 1)
+        scores = krum_scores_from_distances(sq_distances[index][:, index], f, neighbours=neighbours)
+        # ``remaining`` is in ascending index order, so a stable pick keeps ties by index.
+        best = remaining[int(smallest_indices(scores, 1)[0])]
+        selected.append(best)
+        remaining.remove(best)
+    return torch.tensor(selected, dtype=torch.int64)
+
+
 # -- robust centres and clipping ------------------------------------------------------------
 
 
@@ -403,36 +439,74 @@ def geometric_median(
     """Weighted geometric median by the smoothed Weiszfeld algorithm.
 
     Approximately minimises ``g(z) = sum_i w_i * |z - x_i|`` (Pillutla et al., 2022, "Robust
-    Aggregation for Federated Learning"). Starting from the weighted mean, each step sets
-    ``c_i = w_i / max(nu, |z - x_i|)`` and ``z = sum_i c_i x_i / sum_i c_i``; it stops after
-    ``max_iter`` steps or when ``|g(z_old) - g(z_new)| <= tol * g(z_old)``.
+    Aggregation for Federated Learning", smoothed Weiszfeld). Each step sets
+    ``c_i = w_i / max(nu, |z - x_i|)`` and ``z = sum_i c_i x_i / sum_i c_i``.
+
+    * **Start** at the coordinate-wise median of the rows (:func:`coordinate_median`), which
+      stays with any majority of the rows whatever the others hold. (The weighted mean, the
+      usual start, is dragged arbitrarily far by a single row, and the iterations then need
+      many steps to come back.)
+    * **Stop** after ``max_iter`` steps, or once a step moves ``z`` by at most ``tol * s``, where
+      ``s = max(nu, median_i |z_0 - x_i|)`` is the rows' median distance from the start: a scale
+      set by the majority of the rows. (The relative change of ``g`` is no such measure: one far
+      row dominates ``g``, so it looks converged while ``z`` still moves on the honest rows'
+      scale.)
+
+    A row too far away for its distance to be represented in float64 gets coefficient 0.
 
     Args:
         updates: ``(n, d)`` float64.
         weights: ``(n,)`` float64, non-negative, positive sum.
-        nu: Smoothing: distances below ``nu`` count as ``nu``, so a point sitting on a row does
-            not divide by zero.
-        max_iter: The most Weiszfeld steps.
-        tol: Relative change of ``g`` at which to stop.
+        nu: Smoothing, finite and positive: distances below ``nu`` count as ``nu``, so a point
+            sitting on a row does not divide by zero.
+        max_iter: The most Weiszfeld steps, ``>= 1``.
+        tol: Stop when a step moves the estimate by at most ``tol`` times the rows' median
+            distance from the start; ``>= 0``.
 
     Returns:
         ``(point, coefficients)``: the ``(d,)`` estimate, and the ``(n,)`` normalised coefficients
         of the last step, so that ``point == weighted_mean(updates, coefficients)`` exactly.
+        Permuting the rows with their weights gives the same bits.
+
+    Raises:
+        ValueError: If an argument is out of range, or no row with positive weight is at a
+            distance from the estimate that float64 can represent (rows beyond about ``1e154``).
     """
-    if not nu > 0:
-        raise ValueError(f"nu must be positive, got {nu}")
-    coefficients = weights / sorted_sum(weights)
-    point = weighted_mean(updates, weights)
-    objective = sorted_sum(weights * row_norms(updates - point))
+    _check_matrix(updates)
+    n = updates.shape[0]
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},) to match updates, got {tuple(weights.shape)}")
+    if not (isinstance(nu, (int, float)) and math.isfinite(nu) and nu > 0):
+        raise ValueError(f"nu must be a finite positive number, got {nu!r}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
+    if bool((weights < 0).any()):
+        raise ValueError("weights must be non-negative")
+    total = sorted_sum(weights)
+    if not total > 0:
+        raise ValueError("weights must have a positive sum")
+    shares = weights / total
+    point = coordinate_median(updates)
+    distances = row_norms(updates - point)
+    scale = max(float(coordinate_median(distances[:, None])[0]), float(nu))
+    coefficients = shares
     for _ in range(max_iter):
-        step = weights / row_norms(updates - point).clamp_min(nu)
-        coefficients = step / sorted_sum(step)
-        point = weighted_mean(updates, coefficients)
-        new_objective = sorted_sum(weights * row_norms(updates - point))
-        converged = bool(abs(objective - new_objective) <= tol * objective)
-        objective = new_objective
-        if converged:
+        step = shares / distances.clamp_min(nu)
+        step_total = sorted_sum(step)
+        if not step_total > 0:
+            raise ValueError(
+                "geometric_median: every row with positive weight is too far from the estimate for float64 "
+                "to measure (entries beyond about 1e154); clip the updates first"
+            )
+        coefficients = step / step_total
+        new_point = weighted_mean(updates, coefficients)
+        moved = float(row_norms((new_point - point)[None, :])[0])
+        point = new_point
+        if moved <= tol * scale:
             break
+        distances = row_norms(updates - point)
     return point, coefficients
 
 

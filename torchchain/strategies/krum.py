@@ -17,12 +17,14 @@ class Krum(Strategy):
 
     Blanchard et al., 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent". Each row's score is the sum of squared L2 distances to its ``n - f - 2`` nearest
-    other rows; the row with the lowest score is the result, exactly (among equal scores the
-    lexicographically smaller row, so the result does not depend on the order of the rows).
-    Requires ``n >= 2f + 3``. Sample counts are ignored (a client could claim any count).
+    other rows; the row with the lowest score is the result, exactly. Among equal scores the row
+    with the lower index wins, i.e. the client whose key sorts first: never the row content,
+    which the attacker chooses. Requires ``n >= 2f + 3``. Sample counts are ignored (a client
+    could claim any count).
 
     With fewer rows than that allows, ``effective_f(n) = min(f, (n - 3) // 2)`` (at least 0) is
-    used; with one or two rows every score is 0 and the lexicographically smallest row is returned.
+    used; with one or two rows every score is 0 and row 0 is returned, and with three rows (one
+    neighbour each) the two rows of the closest pair tie and the lower index wins.
 
     Subclasses change how many best-scored rows are averaged by overriding
     :meth:`selection_size` (see :class:`~torchchain.strategies.multikrum.MultiKrum`).
@@ -54,7 +56,7 @@ class Krum(Strategy):
         n = updates.shape[0]
         f = self.effective_f(n)
         count = self.selection_size(n, f)
-        chosen = smallest_indices(krum_scores(updates, f), count, rows=updates)
+        chosen = smallest_indices(krum_scores(updates, f), count)
         update = weighted_mean(updates[chosen], torch.ones(count, dtype=torch.float64))
         trust = torch.zeros(n, dtype=torch.float64)
         trust[chosen] = 1.0 / count

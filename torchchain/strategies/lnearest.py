@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from torchchain.errors import ConfigError
-from torchchain.strategies.base import Aggregate, PreAggregator, Strategy
+from torchchain.strategies.base import MAX_COUNT, Aggregate, PreAggregator, Strategy, require_int
 from torchchain.strategies.kernels import coordinate_median, nearest_rows, weighted_mean
 
 __all__ = ["LNearest"]
@@ -28,17 +28,18 @@ class LNearest(Strategy):
 
     With fewer rows than expected, ``l`` becomes ``n - effective_f(n)`` (``None``) or
     ``min(l, n)`` (explicit), so a single row comes back as is. Among rows equally far, the
-    lexicographically smaller row is taken first.
+    lower row index (client-key order) is taken first, never the row content.
 
     Trust: ``1/l`` for each selected row, 0 for the others.
 
     Args:
-        l: Updates averaged; ``None`` (default) for ``n - f``. Must satisfy ``1 <= l <= n``.
+        l: Updates averaged; ``None`` (default) for ``n - f``. Must satisfy ``1 <= l <= n`` and
+            ``l <= MAX_COUNT``.
         f: Byzantine clients assumed; default ``None`` (the run's byzantine count).
         pre: Pre-aggregation steps; default none.
 
     Raises:
-        ConfigError: If ``l`` is not a positive int.
+        ConfigError: If ``l`` is not an int in ``[1, MAX_COUNT]`` (or ``None``).
     """
 
     name = "lnearest"
@@ -47,8 +48,8 @@ class LNearest(Strategy):
         self, *, l: int | None = None, f: int | None = None, pre: Sequence[PreAggregator | str] = ()  # noqa: E741
     ) -> None:
         super().__init__(f=f, pre=pre)
-        if l is not None and (isinstance(l, bool) or not isinstance(l, int) or l < 1):
-            raise ConfigError(f"lnearest: l must be a positive int or null, got {l!r}")
+        if l is not None:
+            require_int("lnearest", "l (null for n - f)", l, minimum=1, maximum=MAX_COUNT)
         self.l = l
 
     def check(self, n: int, f: int) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from torchchain.errors import ConfigError
-from torchchain.strategies.base import PreAggregator
+from torchchain.strategies.base import MAX_COUNT, PreAggregator, require_int
 from torchchain.strategies.krum import Krum
 
 __all__ = ["MultiKrum"]
@@ -17,27 +17,28 @@ class MultiKrum(Krum):
 
     Blanchard et al., 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
     Descent" (Multi-Krum). Scores and requirements are Krum's (``n >= 2f + 3``); the ``m``
-    best rows (among equal scores, the lexicographically smaller rows) are averaged with equal
-    weight. With fewer rows than expected, ``m`` becomes ``min(m, n)``, or
+    best rows (among equal scores, the rows with the lower indices, i.e. client-key order) are
+    averaged with equal weight. With fewer rows than expected, ``m`` becomes ``min(m, n)``, or
     ``n - effective_f(n)`` when ``m`` is ``None``.
 
     Trust: ``1/m`` for each selected row, 0 for the others.
 
     Args:
-        m: Updates averaged; ``None`` (default) for ``n - f``. Must satisfy ``1 <= m <= n``.
+        m: Updates averaged; ``None`` (default) for ``n - f``. Must satisfy ``1 <= m <= n`` and
+            ``m <= MAX_COUNT``.
         f: Byzantine clients assumed; default ``None`` (the run's byzantine count).
         pre: Pre-aggregation steps; default none.
 
     Raises:
-        ConfigError: If ``m`` is not a positive int.
+        ConfigError: If ``m`` is not an int in ``[1, MAX_COUNT]`` (or ``None``).
     """
 
     name = "multikrum"
 
     def __init__(self, *, m: int | None = None, f: int | None = None, pre: Sequence[PreAggregator | str] = ()) -> None:
         super().__init__(f=f, pre=pre)
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ConfigError(f"multikrum: m must be a positive int or null, got {m!r}")
+        if m is not None:
+            require_int("multikrum", "m (null for n - f)", m, minimum=1, maximum=MAX_COUNT)
         self.m = m
 
     def check(self, n: int, f: int) -> None:

@@ -17,9 +17,10 @@ class NearestNeighborMixing(PreAggregator):
     Allouah et al., 2023, "Fixing by Mixing: A Recipe for Optimal Byzantine ML under
     Heterogeneity". Mixing pulls honest rows towards each other and bounds how far Byzantine
     rows can sit from them, which lets rules such as Krum or the median reach optimal error
-    under heterogeneous data. Distances are L2; among rows equally far the lexicographically
-    smaller row is taken first. A row is at distance 0 from itself, so it is among its own
-    neighbours (unless it has ``n - f`` or more exact duplicates, which give the same mean).
+    under heterogeneous data. Distances are L2; among rows equally far the lower row index
+    (client-key order) is taken first, never the row content. A row is at distance 0 from
+    itself, so it is among its own neighbours (unless it has ``n - f`` or more exact duplicates
+    with lower indices, which give the same mean).
     ``f`` is clamped to ``n - 1`` when fewer rows arrive. Sample counts pass through unchanged
     and the means are unweighted, as in the paper.
 
@@ -38,7 +39,7 @@ class NearestNeighborMixing(PreAggregator):
         mixing = torch.zeros(n, n, dtype=torch.float64)
         mixed = torch.empty_like(updates)
         for row in range(n):
-            neighbours = smallest_indices(distances[row], count, rows=updates)
+            neighbours = smallest_indices(distances[row], count)
             mixing[row, neighbours] = 1.0 / count
             mixed[row] = weighted_mean(updates[neighbours], uniform)
         return mixed, weights.clone(), mixing

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from torchchain.errors import ConfigError
-from torchchain.strategies.base import Aggregate, PreAggregator, Strategy
+from torchchain.strategies.base import MAX_COUNT, Aggregate, PreAggregator, Strategy, require_int
 from torchchain.strategies.kernels import trimmed_mean_with_shares
 
 __all__ = ["TrimmedMean"]
@@ -28,13 +28,13 @@ class TrimmedMean(Strategy):
     Trust: the share of kept (coordinate, value) slots each row filled.
 
     Args:
-        trim: Values dropped per side of each coordinate: an int count, a float fraction of ``n``
-            in ``[0, 0.5)`` (rounded down), or ``None`` (default) for ``f``.
+        trim: Values dropped per side of each coordinate: an int count in ``[0, MAX_COUNT]``, a
+            float fraction of ``n`` in ``[0, 0.5)`` (rounded down), or ``None`` (default) for ``f``.
         f: Byzantine clients assumed; default ``None`` (the run's byzantine count).
         pre: Pre-aggregation steps; default none.
 
     Raises:
-        ConfigError: If ``trim`` is negative, or a fraction not below 0.5.
+        ConfigError: If ``trim`` is a count out of range, or a fraction not in ``[0, 0.5)``.
     """
 
     name = "trimmed_mean"
@@ -44,9 +44,9 @@ class TrimmedMean(Strategy):
     ) -> None:
         super().__init__(f=f, pre=pre)
         if isinstance(trim, bool) or not (trim is None or isinstance(trim, (int, float))):
-            raise ConfigError(f"trimmed_mean: trim must be an int count, a float fraction or null, got {trim!r}")
-        if isinstance(trim, int) and trim < 0:
-            raise ConfigError(f"trimmed_mean: trim must be >= 0, got {trim}")
+            raise ConfigError(f"trimmed_mean: trim must be an int count, a float fraction or null, got {trim!r:.80}")
+        if isinstance(trim, int):
+            require_int(self.name, "trim (a count)", trim, minimum=0, maximum=MAX_COUNT)
         if isinstance(trim, float) and not 0.0 <= trim < 0.5:
             raise ConfigError(
                 f"trimmed_mean: a fractional trim must lie in [0, 0.5), got {trim} (write an int for a count)"
