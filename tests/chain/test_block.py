@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 
 from torchchain.chain.block import (
+    BLOCK_DOMAIN,
+    BLOCK_VERSION,
+    MAX_TIME_MS,
     TX_DOMAIN,
     ZERO_HASH,
     Block,
     BlockHeader,
     Transaction,
     config_hash,
+    genesis_info,
     make_block,
     make_genesis,
     merkle_root,
@@ -179,7 +183,8 @@ def test_header_hash_is_prefix_then_big_endian_nonce(genesis: Block) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("version", 2),
+        ("version", 1),
+        ("version", 3),
         ("version", True),
         ("difficulty", 65),
         ("difficulty", -1),
@@ -187,6 +192,8 @@ def test_header_hash_is_prefix_then_big_endian_nonce(genesis: Block) -> None:
         ("nonce", -1),
         ("height", True),
         ("time_ms", 1.5),
+        ("time_ms", -1),
+        ("time_ms", MAX_TIME_MS + 1),
         ("prev_hash", "0" * 65),
         ("miner", "X" * 64),
     ],
@@ -200,24 +207,90 @@ def test_header_refuses_out_of_range_fields(genesis: Block, field: str, value: A
 
 def test_make_genesis_fills_the_header(genesis: Block, keys: list[SigningKey], miner_key: SigningKey) -> None:
     header = genesis.header
-    assert (header.version, header.height, header.round, header.prev_hash) == (1, 0, 0, ZERO_HASH)
+    assert BLOCK_VERSION == 2
+    assert (header.version, header.height, header.round, header.prev_hash) == (BLOCK_VERSION, 0, 0, ZERO_HASH)
     assert genesis.transactions == ()
+    assert set(genesis.meta) == {"members", "miners", "config"}
     assert genesis.meta["members"] == sorted(k.public_key for k in keys)
+    # By default the creating miner is the chain's only miner.
+    assert genesis.meta["miners"] == [miner_key.public_key]
     assert header.config_hash == config_hash(genesis.meta["config"])
     assert header.meta_hash == meta_hash(genesis.meta)
     assert header.merkle_root == merkle_root([])
     assert header.miner == miner_key.public_key
     assert meets_difficulty(genesis.hash, 8)
+    assert genesis.has_valid_signature()
+    info = genesis_info(genesis)
+    assert info.members == tuple(sorted(k.public_key for k in keys))
+    assert info.miners == (miner_key.public_key,)
+    assert info.difficulty == 8
+    assert info.config_hash == header.config_hash
+    assert dict(info.config) == genesis.meta["config"]
 
 
-def test_make_genesis_refuses_repeated_or_malformed_members(keys: list[SigningKey]) -> None:
-    common: dict[str, Any] = {"config": {}, "model_hash": "0" * 64, "miner": "0" * 64, "difficulty": 1, "time_ms": 0}
+def test_make_genesis_sorts_the_miners_it_is_given(keys: list[SigningKey], miner_key: SigningKey) -> None:
+    other = SigningKey.from_seed_material("tests/chain/other-miner")
+    genesis = make_genesis(
+        members=[k.public_key for k in keys], config={}, model_hash="0" * 64, miner=miner_key,
+        miners=[other.public_key, miner_key.public_key], difficulty=1, time_ms=0,
+    )
+    assert genesis.meta["miners"] == sorted([other.public_key, miner_key.public_key])
+    assert genesis.header.miner == miner_key.public_key
+    assert genesis.has_valid_signature()
+
+
+def test_make_genesis_refuses_repeated_or_malformed_members(keys: list[SigningKey], miner_key: SigningKey) -> None:
+    common: dict[str, Any] = {"config": {}, "model_hash": "0" * 64, "miner": miner_key, "difficulty": 1, "time_ms": 0}
     with pytest.raises(SerializationError, match="repeat"):
         make_genesis(members=[keys[0].public_key] * 2, **common)
     with pytest.raises(SerializationError, match="members"):
         make_genesis(members=["nope"], **common)
     with pytest.raises(SerializationError, match="members"):
         make_genesis(members=[], **common)
+    with pytest.raises(SerializationError, match="members"):
+        make_genesis(members=keys[0].public_key, **common)
+
+
+def test_make_genesis_refuses_repeated_or_malformed_miners_and_a_miner_not_listed(
+    keys: list[SigningKey], miner_key: SigningKey
+) -> None:
+    common: dict[str, Any] = {
+        "members": [k.public_key for k in keys], "config": {}, "model_hash": "0" * 64, "miner": miner_key,
+        "difficulty": 1, "time_ms": 0,
+    }
+    with pytest.raises(SerializationError, match="miners must not repeat"):
+        make_genesis(miners=[miner_key.public_key] * 2, **common)
+    with pytest.raises(SerializationError, match="miners"):
+        make_genesis(miners=[miner_key.public_key, "nope"], **common)
+    with pytest.raises(SerializationError, match="one of the chain's miners"):
+        make_genesis(miners=[keys[0].public_key], **common)
+    with pytest.raises(SerializationError, match="one of the chain's miners"):
+        make_genesis(miners=[], **common)
+
+
+def test_genesis_info_refuses_a_meta_of_another_shape(genesis: Block, miner_key: SigningKey) -> None:
+    def with_meta(meta: dict[str, Any]) -> Block:
+        return Block(genesis.header, (), meta)
+
+    meta = dict(genesis.meta)
+    with pytest.raises(SerializationError, match=r"unknown keys \['extra'\]"):
+        genesis_info(with_meta({**meta, "extra": 1}))
+    with pytest.raises(SerializationError, match=r"missing keys \['miners'\]"):
+        genesis_info(with_meta({k: v for k, v in meta.items() if k != "miners"}))
+    with pytest.raises(SerializationError, match="'miners' must be a non-empty list"):
+        genesis_info(with_meta({**meta, "miners": []}))
+    with pytest.raises(SerializationError, match="'miners' must be sorted and without duplicates"):
+        genesis_info(with_meta({**meta, "miners": [miner_key.public_key] * 2}))
+    with pytest.raises(SerializationError, match="'config' must be a JSON object"):
+        genesis_info(with_meta({**meta, "config": []}))
+
+
+def test_genesis_info_refuses_more_keys_than_the_limit(genesis: Block) -> None:
+    from torchchain.chain.block import MAX_MEMBERS
+
+    too_many = [f"{i:064x}" for i in range(MAX_MEMBERS + 1)]
+    with pytest.raises(SerializationError, match=f"over the limit of {MAX_MEMBERS}"):
+        genesis_info(Block(genesis.header, (), {**genesis.meta, "members": too_many}))
 
 
 def test_make_block_links_and_commits(genesis: Block, keys: list[SigningKey], miner_key: SigningKey) -> None:
@@ -230,7 +303,7 @@ def test_make_block_links_and_commits(genesis: Block, keys: list[SigningKey], mi
         transactions=txs,
         meta={"rejected": [], "trust": {}},
         model_hash=sha256_hex(b"model-1"),
-        miner=miner_key.public_key,
+        miner=miner_key,
         difficulty=8,
         time_ms=5,
     )
@@ -247,11 +320,57 @@ def test_block_meta_is_a_private_copy(genesis: Block, miner_key: SigningKey) -> 
     meta: dict[str, Any] = {"trust": {"x": 1.0}, "pair": (1, 2)}
     block = make_block(
         prev=genesis, round=1, transactions=[], meta=meta, model_hash="0" * 64,
-        miner=miner_key.public_key, difficulty=1, time_ms=0,
+        miner=miner_key, difficulty=1, time_ms=0,
     )
     meta["trust"]["x"] = 0.0
     assert block.meta == {"trust": {"x": 1.0}, "pair": [1, 2]}
     assert block.header.meta_hash == meta_hash(block.meta)
+
+
+def test_block_signature_covers_the_domain_tagged_hash(genesis: Block, miner_key: SigningKey) -> None:
+    header = genesis.header
+    assert header.signing_payload() == BLOCK_DOMAIN + bytes.fromhex(genesis.hash)
+    assert genesis.signature == miner_key.sign(header.signing_payload())
+    assert genesis.has_valid_signature()
+    unsigned = dataclasses.replace(genesis, signature="")
+    assert not unsigned.has_valid_signature()
+    assert unsigned.signed(miner_key) == genesis
+    # A signature over the same hash without the domain tag is not a block signature.
+    untagged = dataclasses.replace(genesis, signature=miner_key.sign(bytes.fromhex(genesis.hash)))
+    assert not untagged.has_valid_signature()
+
+
+def test_a_block_signature_does_not_carry_over_to_another_header(genesis: Block, miner_key: SigningKey) -> None:
+    changed = Block(dataclasses.replace(genesis.header, time_ms=genesis.header.time_ms + 1), (), genesis.meta,
+                    genesis.signature)
+    assert not changed.has_valid_signature()
+
+
+def test_a_block_signature_by_another_key_does_not_verify(genesis: Block, keys: list[SigningKey]) -> None:
+    forged = dataclasses.replace(genesis, signature=keys[0].sign(genesis.header.signing_payload()))
+    assert not forged.has_valid_signature()
+    with pytest.raises(ValueError, match="cannot sign a block"):
+        genesis.signed(keys[0])
+
+
+def test_block_refuses_a_malformed_signature(genesis: Block) -> None:
+    for bad in ("0" * 127, "G" * 128, "A" * 128):
+        with pytest.raises(SerializationError, match="'signature'"):
+            Block(genesis.header, (), genesis.meta, bad)
+
+
+def test_block_file_holds_header_transactions_meta_and_signature(genesis: Block) -> None:
+    d = json.loads(genesis.to_bytes())
+    assert set(d) == {"header", "transactions", "meta", "signature"}
+    assert d["signature"] == genesis.signature
+
+
+def test_from_bytes_refuses_a_signature_that_is_not_a_string(genesis: Block) -> None:
+    d = json.loads(genesis.to_bytes())
+    for bad in (None, 1, ["0" * 128]):
+        d["signature"] = bad
+        with pytest.raises(SerializationError, match="'signature'"):
+            Block.from_bytes(canonical_json(d), name="00000000-x.json")
 
 
 def test_block_bytes_round_trip(ledger: Any) -> None:
@@ -329,10 +448,67 @@ def test_meta_nested_beyond_the_limit_is_refused_when_built(genesis: Block, mine
     def build(meta: dict[str, Any]) -> Block:
         return make_block(
             prev=genesis, round=1, transactions=[], meta=meta, model_hash=genesis.header.model_hash,
-            miner=miner_key.public_key, difficulty=0, time_ms=0,
+            miner=miner_key, difficulty=0, time_ms=0,
         )
 
     block = build(nested(MAX_META_DEPTH))
     assert Block.from_bytes(block.to_bytes()) == block
     with pytest.raises(SerializationError, match="block meta: arrays and objects nest deeper than 32"):
         build(nested(MAX_META_DEPTH + 1))
+
+
+def _sized_meta(genesis: Block, miner_key: SigningKey, target: int) -> dict[str, Any]:
+    """A meta whose block (built on ``genesis``, unsigned nonce 0) is ``target`` bytes with a
+    one-digit nonce and a signature."""
+    small = make_block(
+        prev=genesis, round=1, transactions=[], meta={"pad": ""}, model_hash=genesis.header.model_hash,
+        miner=miner_key, difficulty=0, time_ms=0,
+    )
+    assert small.header.nonce == 0
+    return {"pad": "x" * (target - len(small.to_bytes()))}
+
+
+def test_make_block_refuses_a_block_over_the_size_limit_before_mining(
+    genesis: Block, miner_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchchain.chain.block as block_module
+    from torchchain.chain.block import MAX_BLOCK_BYTES
+
+    def no_mining(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("mined a block that is then refused")
+
+    meta = _sized_meta(genesis, miner_key, MAX_BLOCK_BYTES + 1)
+    monkeypatch.setattr(block_module, "mine_header", no_mining)
+    monkeypatch.setattr(block_module, "mine_nonce", no_mining)
+    with pytest.raises(SerializationError, match=f"over the limit of {MAX_BLOCK_BYTES} bytes"):
+        make_block(
+            prev=genesis, round=1, transactions=[], meta=meta, model_hash=genesis.header.model_hash,
+            miner=miner_key, difficulty=8, time_ms=0,
+        )
+    with pytest.raises(SerializationError, match=f"over the limit of {MAX_BLOCK_BYTES} bytes"):
+        make_genesis(
+            members=list(genesis.meta["members"]), config=meta, model_hash=genesis.header.model_hash,
+            miner=miner_key, difficulty=8, time_ms=0,
+        )
+
+
+def test_a_block_that_make_block_builds_near_the_limit_can_be_read_back(
+    genesis: Block, miner_key: SigningKey
+) -> None:
+    from torchchain.chain.block import MAX_BLOCK_BYTES
+
+    # The size check leaves room for the longest nonce (20 digits), so every block it lets
+    # through parses within the limit that readers enforce.
+    meta = _sized_meta(genesis, miner_key, MAX_BLOCK_BYTES - 20)
+    block = make_block(
+        prev=genesis, round=1, transactions=[], meta=meta, model_hash=genesis.header.model_hash,
+        miner=miner_key, difficulty=0, time_ms=0,
+    )
+    data = block.to_bytes()
+    assert len(data) <= MAX_BLOCK_BYTES
+    assert Block.from_bytes(data) == block
+    with pytest.raises(SerializationError, match="over the limit"):
+        make_block(
+            prev=genesis, round=1, transactions=[], meta={"pad": meta["pad"] + "x"},
+            model_hash=genesis.header.model_hash, miner=miner_key, difficulty=0, time_ms=0,
+        )

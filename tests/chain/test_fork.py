@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from torchchain.chain.block import Block
+from torchchain.chain.block import Block, BlockHeader
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.fork import BlockTree, Reorg
 from torchchain.chain.ledger import AppendResult, Ledger, block_file_name
@@ -191,7 +191,7 @@ def test_a_second_genesis_file_is_refused(ledger: Ledger, genesis: Block, miner_
 
     other = make_genesis(
         members=list(genesis.meta["members"]), config={"seed": 1}, model_hash=sha256_hex(b"model-0"),
-        miner=miner_key.public_key, difficulty=8, time_ms=0,
+        miner=miner_key, difficulty=8, time_ms=0,
     )
     name = _write_raw(ledger, other)
     for load in (Ledger.open, verify_ledger):
@@ -202,7 +202,7 @@ def test_a_second_genesis_file_is_refused(ledger: Ledger, genesis: Block, miner_
 
 
 def test_verify_checks_side_branches_as_strictly_as_the_best_chain(
-    ledger: Ledger, child_block: ChildBuilder, keys: list[SigningKey]
+    ledger: Ledger, child_block: ChildBuilder, keys: list[SigningKey], miner_key: SigningKey
 ) -> None:
     import dataclasses
 
@@ -212,13 +212,14 @@ def test_verify_checks_side_branches_as_strictly_as_the_best_chain(
     forged_tx = dataclasses.replace(honest.transactions[0], signature=keys[1].sign(b"something else"))
     forged = make_block(
         prev=ledger.block(1), round=2, transactions=[forged_tx], meta=honest.meta,
-        model_hash=honest.header.model_hash, miner=honest.header.miner, difficulty=8, time_ms=5,
+        model_hash=honest.header.model_hash, miner=miner_key, difficulty=8, time_ms=honest.header.time_ms,
     )
     name = _write_raw(ledger, forged)
-    with pytest.raises(LedgerError, match="signature") as info:
+    assert forged.has_valid_signature()  # the miner signed it; the client's signature is the forgery
+    with pytest.raises(LedgerError, match="transaction 0 .*signature does not match") as info:
         verify_ledger(ledger.path)
     assert info.value.block == name
-    with pytest.raises(LedgerError, match="signature"):
+    with pytest.raises(LedgerError, match="transaction 0 .*signature does not match"):
         ledger.append(forged)
 
 
@@ -232,12 +233,39 @@ def test_the_block_tree_picks_the_same_head_for_every_arrival_order(
     blocks = [b1, b2, a1, a2, c2]
     heads = set()
     for order in itertools.permutations(blocks):
-        tree = BlockTree(g)
+        tree = BlockTree(g.header)
         pending = list(order)
         while pending:  # a block arrives once its parent has
             block = next(b for b in pending if b.header.prev_hash in tree)
             pending.remove(block)
-            tree.add(block)
-        heads.add(tree.head.hash)
-        assert tree.chain()[0] == g and tree.work(tree.head.hash) == 3 * 2**8
+            tree.add(block.header)
+        heads.add(tree.head_hash)
+        assert tree.head.hash() == tree.head_hash
+        assert tree.chain()[0] == g.hash and tree.work(tree.head_hash) == 3 * 2**8
+        assert [tree.hash_at(h) for h in range(3)] == tree.chain()
+        assert all(tree.on_best_chain(h) for h in tree.chain())
     assert heads == {min(b2.hash, a2.hash, c2.hash)}
+
+
+def test_the_block_tree_holds_headers_only(ledger: Ledger, child_block: ChildBuilder) -> None:
+    g, b1, b2 = ledger.blocks()
+    rival = child_block(ledger, b1, "rival")
+    tree = BlockTree(g.header)
+    for block in (b1, b2, rival):
+        assert tree.add(block.header) is None or block is rival
+    assert len(tree) == 4 and tree.genesis == g.header
+    for block in (g, b1, b2, rival):
+        assert block.hash in tree
+        assert tree.get(block.hash) == block.header
+        assert type(tree.get(block.hash)) is BlockHeader
+    assert tree.get(sha256_hex(b"absent")) is None
+    best = min(b2.hash, rival.hash)
+    side = max(b2.hash, rival.hash)
+    assert tree.head_hash == best and tree.head == tree.get(best)
+    assert tree.chain() == [g.hash, b1.hash, best]
+    assert tree.on_best_chain(best) and not tree.on_best_chain(side)
+    assert not tree.on_best_chain(sha256_hex(b"absent"))
+    with pytest.raises(IndexError):
+        tree.hash_at(3)
+    with pytest.raises(KeyError):
+        BlockTree(g.header).add(b2.header)  # its parent b1 is not held

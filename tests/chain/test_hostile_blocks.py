@@ -21,11 +21,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from torchchain.chain.block import MAX_BLOCK_BYTES, BlockHeader, make_block, merkle_root
+from torchchain.chain.block import BLOCK_VERSION, MAX_BLOCK_BYTES, BlockHeader, make_block, merkle_root
+from torchchain.chain.block import mine_header as mine
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.encoding import canonical_json
 from torchchain.chain.ledger import Ledger, block_file_name
-from torchchain.chain.pow import mine
 from torchchain.chain.verify import verify_ledger
 from torchchain.errors import LedgerError
 
@@ -226,7 +226,7 @@ def test_swapped_block_files(folder: Path, order: list[int]) -> None:
 @given(
     which=st.integers(0, 3),
     doc=st.dictionaries(
-        st.sampled_from(["header", "transactions", "meta"]) | st.text(max_size=8), json_values, max_size=4
+        st.sampled_from(["header", "transactions", "meta", "signature"]) | st.text(max_size=8), json_values, max_size=4
     ),
 )
 def test_arbitrary_json_objects(folder: Path, which: int, doc: dict[str, Any]) -> None:
@@ -296,21 +296,30 @@ def test_a_file_name_that_is_not_printable_is_named_safely(folder: Path) -> None
 
 
 def _deep_genesis_file(keys: list[SigningKey], miner_key: SigningKey, depth: int) -> tuple[str, bytes]:
-    """A genesis block file whose config nests ``depth`` lists deep, with every hash right.
+    """A genesis block file whose config nests ``depth`` lists deep, with every hash right and
+    signed by ``miner_key``, the one miner it lists.
 
     The canonical bytes are written out by hand, so building them needs no recursion at all.
     """
     config = b'{"deep":' + b"[" * depth + b"]" * depth + b"}"
     members = sorted(k.public_key for k in keys)
-    meta = b'{"config":' + config + b',"members":' + canonical_json(members) + b"}"
+    miners = [miner_key.public_key]
+    meta = (
+        b'{"config":' + config + b',"members":' + canonical_json(members)
+        + b',"miners":' + canonical_json(miners) + b"}"
+    )
     header = mine(
         BlockHeader(
-            version=1, height=0, prev_hash="0" * 64, round=0, time_ms=0, merkle_root=merkle_root([]),
+            version=BLOCK_VERSION, height=0, prev_hash="0" * 64, round=0, time_ms=0, merkle_root=merkle_root([]),
             model_hash=sha256_hex(b"model-0"), config_hash=sha256_hex(config), meta_hash=sha256_hex(meta),
             difficulty=4, miner=miner_key.public_key, nonce=0,
         )
     )
-    data = b'{"header":' + canonical_json(header.to_dict()) + b',"meta":' + meta + b',"transactions":[]}'
+    signature = miner_key.sign(header.signing_payload())
+    data = (
+        b'{"header":' + canonical_json(header.to_dict()) + b',"meta":' + meta
+        + b',"signature":"' + signature.encode() + b'","transactions":[]}'
+    )
     return f"00000000-{header.hash()}.json", data
 
 
@@ -360,14 +369,17 @@ def test_a_genesis_config_within_the_nesting_limit_is_accepted(
 
 
 def test_a_block_with_a_duplicated_transaction_mined_correctly_is_refused(
-    folder: Path, child_block: Callable[..., Any], keys: list[SigningKey]
+    folder: Path, child_block: Callable[..., Any], keys: list[SigningKey], miner_key: SigningKey
 ) -> None:
-    ledger = Ledger.open(folder)
-    honest = child_block(ledger, ledger.block(1), "dup", signers=keys[:2])
+    with Ledger.open_writer(folder) as ledger:  # child_block stores its blobs
+        honest = child_block(ledger, ledger.block(1), "dup", signers=keys[:2])
+        b1 = ledger.block(1)
     bad = make_block(
-        prev=ledger.block(1), round=2, transactions=[*honest.transactions, honest.transactions[0]],
-        meta=honest.meta, model_hash=honest.header.model_hash, miner=honest.header.miner, difficulty=8, time_ms=9,
+        prev=b1, round=2, transactions=[*honest.transactions, honest.transactions[0]],
+        meta=honest.meta, model_hash=honest.header.model_hash, miner=miner_key, difficulty=8,
+        time_ms=honest.header.time_ms,
     )
+    assert bad.has_valid_signature()
     path = folder / "blocks" / block_file_name(bad)
     path.write_bytes(bad.to_bytes())
     try:

@@ -10,9 +10,10 @@ import pytest
 
 import torchchain.chain.ledger as ledger_module
 from torchchain.chain.block import Block, Transaction, make_block
+from torchchain.chain.block import mine_header as mine
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
-from torchchain.chain.pow import meets_difficulty, mine
+from torchchain.chain.pow import meets_difficulty
 from torchchain.errors import LedgerError
 
 
@@ -95,38 +96,46 @@ def _assert_refused(ledger: Ledger, block: Block, message: str) -> None:
     assert ledger.head == head
 
 
-def test_append_refuses_a_block_whose_parent_is_unknown(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_a_block_whose_parent_is_unknown(
+    ledger: Ledger, round_block: Any, miner_key: SigningKey
+) -> None:
     block = round_block(ledger)
-    unknown_parent = Block(mine(dataclasses.replace(block.header, prev_hash=sha256_hex(b"nowhere"))), (), {})
+    header = mine(dataclasses.replace(block.header, prev_hash=sha256_hex(b"nowhere")))
+    unknown_parent = Block(header, block.transactions, block.meta).signed(miner_key)
     _assert_refused(ledger, unknown_parent, "previous hash .* is not the hash of a block of this ledger")
 
 
-def test_append_refuses_a_height_that_does_not_follow_its_parent(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_a_height_that_does_not_follow_its_parent(
+    ledger: Ledger, round_block: Any, miner_key: SigningKey
+) -> None:
     block = round_block(ledger)
     forked = make_block(
-        prev=ledger.block(1), round=3, transactions=[], meta={}, model_hash=block.header.model_hash,
-        miner=block.header.miner, difficulty=8, time_ms=0,
+        prev=ledger.block(1), round=2, transactions=[], meta={}, model_hash=block.header.model_hash,
+        miner=miner_key, difficulty=8, time_ms=block.header.time_ms,
     )
-    forked = Block(mine(dataclasses.replace(forked.header, height=3)), (), {})
+    forked = Block(mine(dataclasses.replace(forked.header, height=3)), (), {}).signed(miner_key)
     _assert_refused(ledger, forked, "height 3 does not follow height 1")
 
 
-def test_append_refuses_a_wrong_height(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_a_wrong_height(ledger: Ledger, round_block: Any, miner_key: SigningKey) -> None:
     block = round_block(ledger)
-    _assert_refused(ledger, Block(dataclasses.replace(block.header, height=4), block.transactions, block.meta),
-                    "does not follow")
+    header = mine(dataclasses.replace(block.header, height=4))
+    _assert_refused(ledger, Block(header, block.transactions, block.meta).signed(miner_key),
+                    "height 4 does not follow height 2")
 
 
-def test_append_refuses_bad_proof_of_work(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_bad_proof_of_work(ledger: Ledger, round_block: Any, miner_key: SigningKey) -> None:
     block = round_block(ledger)
     nonce = next(n for n in range(1000) if not meets_difficulty(block.header.with_nonce(n).hash(), 8))
-    bad = Block(block.header.with_nonce(nonce), block.transactions, block.meta)
+    bad = Block(block.header.with_nonce(nonce), block.transactions, block.meta).signed(miner_key)
+    assert bad.has_valid_signature()
     _assert_refused(ledger, bad, "proof of work")
 
 
-def test_append_refuses_an_easier_difficulty(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_an_easier_difficulty(ledger: Ledger, round_block: Any, miner_key: SigningKey) -> None:
     block = round_block(ledger)
     easy = Block(mine(dataclasses.replace(block.header, difficulty=1)), block.transactions, block.meta)
+    easy = easy.signed(miner_key)
     _assert_refused(ledger, easy, "difficulty 1 differs")
 
 
@@ -147,51 +156,69 @@ def test_append_refuses_a_missing_model_blob(ledger: Ledger, round_block: Any) -
     _assert_refused(ledger, block, "model blob .* is not stored")
 
 
-def _reblock(ledger: Ledger, block: Block, transactions: list[Transaction]) -> Block:
+def _reblock(ledger: Ledger, block: Block, transactions: list[Transaction], miner_key: SigningKey) -> Block:
+    """``block`` mined again, by the chain's own miner, with other transactions."""
     return make_block(
         prev=ledger.head, round=block.header.round, transactions=transactions, meta=block.meta,
-        model_hash=block.header.model_hash, miner=block.header.miner, difficulty=8, time_ms=block.header.time_ms,
+        model_hash=block.header.model_hash, miner=miner_key, difficulty=8, time_ms=block.header.time_ms,
     )
 
 
-def test_append_refuses_a_forged_signature(ledger: Ledger, round_block: Any, keys: list[SigningKey]) -> None:
+def test_append_refuses_a_forged_signature(
+    ledger: Ledger, round_block: Any, keys: list[SigningKey], miner_key: SigningKey
+) -> None:
     block = round_block(ledger)
     tx = block.transactions[0]
     forged = dataclasses.replace(tx, signature=keys[1].sign(tx.signing_payload()))
-    _assert_refused(ledger, _reblock(ledger, block, [forged, *block.transactions[1:]]), "signature")
+    _assert_refused(
+        ledger, _reblock(ledger, block, [forged, *block.transactions[1:]], miner_key),
+        "transaction 0 .*signature does not match the client's public key",
+    )
 
 
-def test_append_refuses_two_transactions_from_one_client(ledger: Ledger, round_block: Any) -> None:
+def test_append_refuses_two_transactions_from_one_client(
+    ledger: Ledger, round_block: Any, miner_key: SigningKey
+) -> None:
     block = round_block(ledger)
     txs = list(block.transactions)
-    _assert_refused(ledger, _reblock(ledger, block, [*txs, txs[0]]), "same client")
+    _assert_refused(ledger, _reblock(ledger, block, [*txs, txs[0]], miner_key), "same client")
 
 
 def test_append_refuses_a_stale_base_or_wrong_round(
-    ledger: Ledger, round_block: Any, keys: list[SigningKey]
+    ledger: Ledger, round_block: Any, keys: list[SigningKey], miner_key: SigningKey
 ) -> None:
     block = round_block(ledger)
     stale = dataclasses.replace(block.transactions[0], base_hash=ledger.block(1).hash).signed(keys[0])
-    _assert_refused(ledger, _reblock(ledger, block, [stale]), "base hash")
+    _assert_refused(ledger, _reblock(ledger, block, [stale], miner_key), "base hash")
     late = dataclasses.replace(block.transactions[0], round=2).signed(keys[0])
-    _assert_refused(ledger, _reblock(ledger, block, [late]), "round 2 differs")
+    _assert_refused(ledger, _reblock(ledger, block, [late], miner_key), "round 2 differs")
 
 
 def test_append_refuses_a_tampered_merkle_root_or_meta(ledger: Ledger, round_block: Any) -> None:
     block = round_block(ledger)
-    _assert_refused(ledger, Block(block.header, block.transactions[:2], block.meta), "Merkle root")
-    _assert_refused(ledger, Block(block.header, block.transactions, {"trust": {}}), "meta hash")
+    # The header and so the miner's signature are untouched: only the body changed.
+    cut = Block(block.header, block.transactions[:2], block.meta, block.signature)
+    assert cut.has_valid_signature()
+    _assert_refused(ledger, cut, "Merkle root")
+    _assert_refused(ledger, Block(block.header, block.transactions, {"trust": {}}, block.signature), "meta hash")
 
 
-def test_a_leftover_tmp_file_is_ignored_and_removed(ledger: Ledger) -> None:
+def test_a_leftover_tmp_file_is_ignored_by_a_reader_and_removed_by_a_writer(ledger: Ledger) -> None:
     leftover = ledger.path / "blocks" / ".tmp-abc123"
     leftover.write_bytes(b'{"half a block')
     blob_leftover = ledger.path / "blobs" / ".tmp-xyz"
     blob_leftover.write_bytes(b"half a blob")
+    # A reader skips them and keeps them: they may be a writer's file at work.
     reopened = Ledger.open(ledger.path)
     assert reopened.height == 2
-    assert not leftover.exists()
-    assert not blob_leftover.exists()
+    assert leftover.read_bytes() == b'{"half a block'
+    assert blob_leftover.read_bytes() == b"half a blob"
+    # Only the next writer, holding the lock, deletes what a crash left behind.
+    ledger.close()
+    with Ledger.open_writer(ledger.path) as writer:
+        assert writer.height == 2
+        assert not leftover.exists()
+        assert not blob_leftover.exists()
 
 
 def test_open_names_the_first_bad_file(ledger: Ledger) -> None:

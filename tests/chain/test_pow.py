@@ -4,13 +4,15 @@ import hashlib
 
 import pytest
 
-from torchchain.chain.block import ZERO_HASH, BlockHeader
-from torchchain.chain.pow import block_work, meets_difficulty, mine
+from torchchain.chain.block import BLOCK_VERSION, ZERO_HASH, BlockHeader
+from torchchain.chain.block import mine_header as mine
+from torchchain.chain.pow import block_work, meets_difficulty, mine_nonce
+from torchchain.errors import LedgerError
 
 
 def _header(difficulty: int, time_ms: int = 1) -> BlockHeader:
     return BlockHeader(
-        version=1,
+        version=BLOCK_VERSION,
         height=1,
         prev_hash=ZERO_HASH,
         round=1,
@@ -79,3 +81,54 @@ def test_mine_refuses_a_start_nonce_out_of_range(start: int) -> None:
 
 def test_block_work_doubles_per_bit() -> None:
     assert [block_work(b) for b in (0, 1, 8, 16)] == [1, 2, 256, 65536]
+
+
+@pytest.mark.parametrize("bits", [0, 1, 8, 12])
+def test_mine_nonce_works_on_bytes_and_finds_the_first_nonce(bits: int) -> None:
+    prefix = b"any bytes at all"
+
+    def digest(nonce: int) -> str:
+        return hashlib.sha256(prefix + nonce.to_bytes(8, "big")).hexdigest()
+
+    nonce = mine_nonce(prefix, bits)
+    assert meets_difficulty(digest(nonce), bits)
+    assert all(not meets_difficulty(digest(n), bits) for n in range(nonce))
+    assert mine_nonce(prefix, bits, start_nonce=nonce) == nonce
+
+
+def test_mine_header_is_mine_nonce_over_the_prefix_bytes() -> None:
+    header = _header(8)
+    assert mine(header).nonce == mine_nonce(header.prefix_bytes(), 8)
+    first = mine(header).nonce
+    assert mine(header, start_nonce=first + 1).nonce == mine_nonce(header.prefix_bytes(), 8, start_nonce=first + 1)
+
+
+@pytest.mark.parametrize(("bits", "start"), [(-1, 0), (257, 0), (True, 0), (8, -1), (8, 2**64), (8, 1.0)])
+def test_mine_nonce_refuses_bad_arguments(bits: int, start: int) -> None:
+    with pytest.raises(ValueError):
+        mine_nonce(b"x", bits, start_nonce=start)
+
+
+def test_mine_nonce_says_when_no_nonce_is_left() -> None:
+    # 32 bits from the very last nonce: one try, which fails unless the hash is extraordinary.
+    prefix = b"torchchain"
+    last = 2**64 - 1
+    assert not meets_difficulty(hashlib.sha256(prefix + last.to_bytes(8, "big")).hexdigest(), 32)
+    with pytest.raises(LedgerError, match="no nonce"):
+        mine_nonce(prefix, 32, start_nonce=last)
+
+
+def test_pow_does_not_import_the_block_module() -> None:
+    # mine_nonce works on bytes so that pow and block do not import each other.
+    import ast
+    import inspect
+
+    import torchchain.chain.pow as pow_module
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(pow_module))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not {m for m in imported if m.startswith("torchchain.chain")}, imported

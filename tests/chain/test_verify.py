@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from torchchain.chain.block import Block, make_block
+from torchchain.chain.block import mine_header as mine
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
-from torchchain.chain.pow import mine
 from torchchain.chain.verify import VerifyReport, verify_ledger
 from torchchain.errors import LedgerError
 
@@ -40,8 +40,10 @@ def test_verify_passes_on_a_three_block_ledger(ledger: Ledger) -> None:
 
 
 def test_verify_ignores_a_leftover_tmp_file(ledger: Ledger) -> None:
-    (ledger.path / "blocks" / ".tmp-crashed").write_bytes(b"{")
+    leftover = ledger.path / "blocks" / ".tmp-crashed"
+    leftover.write_bytes(b"{")
     assert verify_ledger(ledger.path).height == 2
+    assert leftover.read_bytes() == b"{"  # an audit never writes, nor deletes
 
 
 def test_verify_refuses_a_folder_that_is_not_a_ledger(tmp_path: Path) -> None:
@@ -125,19 +127,21 @@ def test_a_deleted_middle_block_is_detected(ledger: Ledger) -> None:
     _expect_failure(ledger, block_file_name(ledger.block(2)), "orphan block")
 
 
-def _next_block(ledger: Ledger, round_block: Any, **header_changes: Any) -> Block:
+def _next_block(ledger: Ledger, round_block: Any, miner_key: SigningKey, **header_changes: Any) -> Block:
+    """The next block with ``header_changes``, mined again and signed by the chain's miner."""
     block = round_block(ledger)
-    return Block(mine(dataclasses.replace(block.header, **header_changes)), block.transactions, block.meta)
+    header = mine(dataclasses.replace(block.header, **header_changes))
+    return Block(header, block.transactions, block.meta).signed(miner_key)
 
 
-def test_an_easier_block_sneaked_in_is_detected(ledger: Ledger, round_block: Any) -> None:
-    name = _write_raw(ledger, _next_block(ledger, round_block, difficulty=2))
+def test_an_easier_block_sneaked_in_is_detected(ledger: Ledger, round_block: Any, miner_key: SigningKey) -> None:
+    name = _write_raw(ledger, _next_block(ledger, round_block, miner_key, difficulty=2))
     _expect_failure(ledger, name, "difficulty 2 differs from the chain's difficulty 8")
 
 
-def test_a_changed_config_hash_is_detected(ledger: Ledger, round_block: Any) -> None:
-    name = _write_raw(ledger, _next_block(ledger, round_block, config_hash=sha256_hex(b"{}")))
-    _expect_failure(ledger, name, "config hash")
+def test_a_changed_config_hash_is_detected(ledger: Ledger, round_block: Any, miner_key: SigningKey) -> None:
+    name = _write_raw(ledger, _next_block(ledger, round_block, miner_key, config_hash=sha256_hex(b"{}")))
+    _expect_failure(ledger, name, "config hash differs")
 
 
 def test_a_genesis_whose_config_does_not_match_its_hash_is_detected(
@@ -147,32 +151,37 @@ def test_a_genesis_whose_config_does_not_match_its_hash_is_detected(
 
     genesis = make_genesis(
         members=[k.public_key for k in keys], config={"seed": 0}, model_hash=sha256_hex(b"m"),
-        miner=miner_key.public_key, difficulty=8, time_ms=0,
+        miner=miner_key, difficulty=8, time_ms=0,
     )
     header: BlockHeader = mine(dataclasses.replace(genesis.header, config_hash=sha256_hex(b"other")))
-    bad = Block(header, (), genesis.meta)
+    bad = Block(header, (), genesis.meta).signed(miner_key)
     (tmp_path / "blocks").mkdir()
     (tmp_path / "blobs").mkdir()
     (tmp_path / "blobs" / sha256_hex(b"m")).write_bytes(b"m")
     name = block_file_name(bad)
     (tmp_path / "blocks" / name).write_bytes(bad.to_bytes())
-    with pytest.raises(LedgerError, match="config hash") as info:
+    with pytest.raises(LedgerError, match="config hash in the header does not match") as info:
         verify_ledger(tmp_path)
     assert info.value.block == name
 
 
-def test_transaction_rules_are_checked(ledger: Ledger, round_block: Any, keys: list[SigningKey]) -> None:
+def test_transaction_rules_are_checked(
+    ledger: Ledger, round_block: Any, keys: list[SigningKey], miner_key: SigningKey
+) -> None:
     block = round_block(ledger)
     cases = {
         "same client": [*block.transactions, block.transactions[0]],
         "round 7 differs": [dataclasses.replace(block.transactions[0], round=7).signed(keys[0])],
         "base hash": [dataclasses.replace(block.transactions[0], base_hash=ledger.genesis.hash).signed(keys[0])],
-        "signature": [dataclasses.replace(block.transactions[0], signature=block.transactions[1].signature)],
+        "transaction 0 .*signature does not match": [
+            dataclasses.replace(block.transactions[0], signature=block.transactions[1].signature)
+        ],
     }
     for message, transactions in cases.items():
+        # Mined and signed by the chain's own miner: only the transactions are wrong.
         bad = make_block(
             prev=ledger.head, round=block.header.round, transactions=transactions, meta=block.meta,
-            model_hash=block.header.model_hash, miner=block.header.miner, difficulty=8, time_ms=1,
+            model_hash=block.header.model_hash, miner=miner_key, difficulty=8, time_ms=block.header.time_ms,
         )
         name = _write_raw(ledger, bad)
         _expect_failure(ledger, name, message)

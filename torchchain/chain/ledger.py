@@ -504,10 +504,14 @@ class Ledger:
             raise LedgerError(f"cannot create the ledger folder {path}: {exc.strerror or exc}") from exc
         lock = cls._acquire_lock(path)
         ledger = cls(path, genesis, BlockTree(genesis.header), lock=lock)
-        cls._remove_leftovers(path)
-        for data in blobs:
-            ledger.put_blob(data)
-        write_atomic(blocks_dir / block_file_name(genesis), genesis.to_bytes())
+        try:
+            cls._remove_leftovers(path)
+            for data in blobs:
+                ledger.put_blob(data)
+            write_atomic(blocks_dir / block_file_name(genesis), genesis.to_bytes())
+        except BaseException:
+            ledger.close()
+            raise
         return ledger
 
     @classmethod
@@ -649,6 +653,12 @@ class Ledger:
         header = self.header(block_hash)
         name = f"{header.height:08d}-{block_hash}.json"
         block = read_block_file(self._path / BLOCKS_DIR / name, name=name, height=header.height, digest=block_hash)
+        # The file may have been rewritten since the ledger was opened: the header hash matched
+        # its name, so check that the body is still the one the header commits to.
+        try:
+            _check_commitments(block)
+        except LedgerError as exc:
+            raise LedgerError(f"{exc.reason} (the file changed after the ledger was opened)", block=name) from None
         if len(self._cache) >= self._CACHE_SIZE:
             # Keep genesis; drop the oldest other entry.
             oldest = next(h for h in self._cache if h != self._genesis.hash)
