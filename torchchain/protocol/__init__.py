@@ -17,19 +17,39 @@ Pure functions over bytes and tensors, no I/O of their own:
 
 from __future__ import annotations
 
-from torchchain.protocol.randomness import round_generator, round_randomness
-from torchchain.protocol.record import Rejections, RoundRecord
-from torchchain.protocol.registry import build_strategy, builtin_strategy_targets
-from torchchain.protocol.round import (
-    ReplayMismatch,
-    RoundInputs,
-    RoundResult,
-    RoundRules,
-    execute_round,
-    replay_round,
-)
-from torchchain.protocol.state import decode_state, encode_state
-from torchchain.protocol.submission import RoundContext, Selection, Submission, check_submission, select_submissions
+import importlib
+from typing import Any
+
+# Names are imported on first use, so that ``torchchain verify`` and ``inspect`` (which need only
+# the record schema) start without importing torch.
+_WHERE = {
+    "round_generator": "randomness",
+    "round_randomness": "randomness",
+    "Rejections": "record",
+    "RoundRecord": "record",
+    "build_strategy": "registry",
+    "builtin_strategy_targets": "registry",
+    "ReplayMismatch": "round",
+    "RoundInputs": "round",
+    "RoundResult": "round",
+    "RoundRules": "round",
+    "execute_round": "round",
+    "replay_round": "round",
+    "decode_state": "state",
+    "encode_state": "state",
+    "RoundContext": "submission",
+    "Selection": "submission",
+    "Submission": "submission",
+    "check_submission": "submission",
+    "select_submissions": "submission",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'torchchain.protocol' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"torchchain.protocol.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "Rejections",
