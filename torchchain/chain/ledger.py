@@ -209,7 +209,9 @@ def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
     """
     try:
         with _open_regular_file(path, max_bytes) as f:
-            data = f.read(max_bytes + 1)
+            # Ask for the size fstat reported (plus one byte, to notice growth), not the limit:
+            # a read of the limit allocates all of it up front.
+            data = f.read(os.fstat(f.fileno()).st_size + 1)
     except FileNotFoundError:
         raise
     except OSError as exc:

@@ -82,14 +82,15 @@ def _plain(value: Any, where: str, budget: list[int]) -> Any:
     raise ConfigError(f"{where} must be plain JSON data, got {type(value).__name__}")
 
 
-def _arguments(node: Mapping[str, Any], where: str, budget: list[int]) -> dict[str, Any]:
+def _arguments(node: Mapping[str, Any], where: str, budget: list[int], *, pre: bool = False) -> dict[str, Any]:
+    """The plain keyword arguments of a config node; ``pre`` is left to the caller when ``pre`` is true."""
     kwargs = {}
     for key, value in node.items():
         if key == "_target_":
             continue
         if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
             raise ConfigError(f"{where} has the key {str(key)[:40]!r}; arguments are plain identifiers")
-        if key == "pre":
+        if key == "pre" and pre:
             continue
         kwargs[key] = _plain(value, f"{where}.{key}", budget)
     return kwargs
@@ -159,7 +160,7 @@ def build_strategy(
                 f"name it explicitly (torchchain audit --trust {target[:120]})"
             )
         cls = _import_trusted(target, Strategy)
-    kwargs = _arguments(node, "strategy", budget)
+    kwargs = _arguments(node, "strategy", budget, pre=True)
     if "pre" in node:
         kwargs["pre"] = _pre_steps(node["pre"], trusted, budget)
     strategy = _build(cls, kwargs, "strategy")
