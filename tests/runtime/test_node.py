@@ -11,7 +11,7 @@ from torchchain.chain.ledger import Ledger
 from torchchain.chain.verify import verify_ledger
 from torchchain.protocol.round import RoundRules
 from torchchain.runtime.node import Node, Submission
-from torchchain.strategies import Median
+from torchchain.strategies import CenteredClipping, Median
 from torchchain.updates.serialize import update_to_bytes
 
 DIFFICULTY = 4
@@ -195,3 +195,29 @@ def test_round_with_every_update_rejected_keeps_the_model(setup):
     assert outcome.accepted == []
     assert update_to_bytes(outcome.model) == update_to_bytes(state)
     assert verify_ledger(ledger.path).height == 1
+
+
+def test_round_state_advances_only_when_the_block_is_committed(tmp_path):
+    keys = [SigningKey.from_seed_material(f"test/client/{i}") for i in range(4)]
+    miner = SigningKey.from_seed_material("test/miner")
+    state = _state()
+    model = update_to_bytes(state)
+    genesis = make_genesis(
+        members=[k.public_key for k in keys], config={"test": True}, model_hash=sha256_hex(model),
+        miner=miner, difficulty=DIFFICULTY, time_ms=0,
+    )
+    ledger = Ledger.create(tmp_path / "ledger", genesis, blobs=[model])
+    strategy = CenteredClipping(tau=0.05)
+    strategy.setup(num_clients=4, num_byzantine=1)
+    rules = RoundRules(strategy=strategy, members=frozenset(k.public_key for k in keys), max_update_bytes=1 << 20)
+    node = Node(ledger=ledger, rules=rules, key=miner, difficulty=DIFFICULTY)
+    subs = [_submit(k, _update(0.1 * (i + 1)), round=1, base_hash=ledger.head.hash) for i, k in enumerate(keys)]
+    first = node.prepare(1, subs, state, time_ms=1)
+    # A block prepared but never committed (a failed write, a lost race) moves nothing:
+    assert node.round_state == {} and ledger.height == 0
+    again = node.prepare(1, subs, state, time_ms=1)
+    assert again.block.hash == first.block.hash
+    node.commit(again)
+    assert torch.equal(node.round_state["center"], again.result.state["center"])
+    assert again.block.meta["state"] == sha256_hex(again.result.state_bytes)
+    assert ledger.has_blob(again.block.meta["state"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -90,6 +91,16 @@ class Backdoor(Attack):
             ValueError: If ``features`` has fewer than 2 dimensions or is too small for the trigger.
         """
         return stamp_trigger(features, size=self.trigger_size, value=self._value_for(features))
+
+    def evaluation_metrics(
+        self, evaluate: Callable[[Tensor, Tensor], Mapping[str, float]], features: Tensor, targets: Tensor
+    ) -> dict[str, float]:
+        """``backdoor_accuracy``: the share of triggered test images, of another true class,
+        that the model classifies as :attr:`target_label` (the attack's success rate)."""
+        keep = targets != self.target_label
+        triggered = self.apply_trigger(features[keep])
+        labels = torch.full((int(keep.sum()),), self.target_label, dtype=targets.dtype)
+        return {"backdoor_accuracy": float(evaluate(triggered, labels)["accuracy"])}
 
     def poison_data(
         self,

@@ -10,24 +10,43 @@ points of a round:
   also see the honest clients' updates of the same round, the strongest threat model used in
   the literature.
 
-Attacks know nothing of the ledger or of configuration files: they take and return tensors.
-Every random choice is drawn from the ``torch.Generator`` the caller passes, so one seed gives
-the same attack.
+Two more hooks let an attack own behaviour the runtime only wires:
+
+* :meth:`Attack.forge` (attacks with ``forges_transactions = True``): the submissions the
+  malicious clients send instead of their own, made through a :class:`Forger` the runtime lends
+  (resend a genuine earlier submission, sign with a fresh identity);
+* :meth:`Attack.evaluation_metrics`: extra metrics on the global model (a backdoor's success rate).
+
+Attacks know nothing of the ledger or of configuration files: they take and return tensors, and
+the submissions a :class:`Forger` makes are opaque to them. Every random choice is drawn from the
+``torch.Generator`` the caller passes, so one seed gives the same attack.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from torchchain.errors import ConfigError
 
-__all__ = ["Attack"]
+__all__ = ["Attack", "Forger"]
+
+
+class Forger(Protocol):
+    """What the runtime lends an attack on the chain itself. Submissions are opaque objects that
+    the attack only passes back; it never sees a key, a transaction or the ledger."""
+
+    def earlier_submissions(self) -> Sequence[object]:
+        """The genuine, signed submissions accepted in the previous block (empty in round 1)."""
+
+    def submit_as(self, identity: str, update: Mapping[str, Tensor]) -> object:
+        """``update`` signed for this round by a fresh key named ``identity``, which no genesis
+        block lists (a Sybil identity); the same name always gives the same key."""
 
 
 class Attack(ABC):
@@ -144,6 +163,31 @@ class Attack(ABC):
             A float64 tensor of shape ``(d,)``.
         """
         return update
+
+    def forge(self, *, malicious: Sequence[tuple[int, Mapping[str, Tensor]]], forger: Forger) -> list[object]:
+        """The submissions the malicious clients send instead of their own (attacks on the chain).
+
+        Called each round instead of :meth:`poison_update` when :attr:`forges_transactions` is
+        set. The default forges nothing.
+
+        Args:
+            malicious: ``(client index, honestly trained update)`` of each malicious client.
+            forger: Makes or fetches submissions for the attack.
+        """
+        return []
+
+    def evaluation_metrics(
+        self, evaluate: Callable[[Tensor, Tensor], Mapping[str, float]], features: Tensor, targets: Tensor
+    ) -> dict[str, float]:
+        """Extra metrics on the global model, logged as ``eval/<name>`` (default: none).
+
+        Args:
+            evaluate: Evaluates the global model on ``(features, targets)`` and returns its
+                metrics (``accuracy``, ``loss``, ...).
+            features: The held-out test samples.
+            targets: Their labels.
+        """
+        return {}
 
     # ------------------------------------------------------------------ records
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from torchchain.attacks.base import Attack
+from torch import Tensor
+
+from torchchain.attacks.base import Attack, Forger
 
 __all__ = ["Replay"]
 
@@ -19,12 +22,19 @@ class Replay(Attack):
     computed against, so the miner rejects it as ``wrong_round``. In round 1 there is nothing
     to replay and the malicious clients stay silent.
 
-    This attack acts on transactions, not tensors: the runtime carries it out (see
-    :attr:`forges_transactions`); :meth:`poison_update` is never called.
+    This attack acts on transactions, not tensors (:attr:`forges_transactions`): :meth:`forge`
+    picks, for the ``i``-th malicious client of index ``c``, the earlier submission number
+    ``(c + i) mod k``; :meth:`poison_update` is never called.
     """
 
     name = "replay"
     forges_transactions: ClassVar[bool] = True
+
+    def forge(self, *, malicious: Sequence[tuple[int, Mapping[str, Tensor]]], forger: Forger) -> list[object]:
+        earlier = list(forger.earlier_submissions())
+        if not earlier:
+            return []
+        return [earlier[(index + i) % len(earlier)] for i, (index, _) in enumerate(malicious)]
 
     def describe(self) -> dict[str, Any]:
         """Return ``{"name": "replay"}``."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from torchchain.attacks.base import Attack, check_positive
+from torch import Tensor
+
+from torchchain.attacks.base import Attack, Forger, check_positive
 from torchchain.errors import ConfigError
 
 __all__ = ["Sybil"]
@@ -18,8 +21,9 @@ class Sybil(Attack):
     genesis block, so every such update is rejected as ``unknown_client``, and the malicious
     client's own key sends nothing.
 
-    This attack acts on transactions, not tensors: the runtime carries it out (see
-    :attr:`forges_transactions`); :meth:`poison_update` is never called.
+    This attack acts on transactions, not tensors (:attr:`forges_transactions`): :meth:`forge`
+    signs ``identities`` copies of ``-scale`` times each malicious client's honest update, each
+    under the identity ``sybil/<client>/<k>``; :meth:`poison_update` is never called.
 
     Args:
         identities: Fake identities per malicious client, an integer >= 1. Default ``3``.
@@ -35,6 +39,13 @@ class Sybil(Attack):
             raise ConfigError(f"sybil attack: identities must be an integer >= 1, got {identities!r}")
         self.identities = identities
         self.scale = check_positive(self.name, "scale", scale)
+
+    def forge(self, *, malicious: Sequence[tuple[int, Mapping[str, Tensor]]], forger: Forger) -> list[object]:
+        forged = []
+        for index, update in malicious:
+            flipped = {name: -self.scale * value for name, value in update.items()}
+            forged += [forger.submit_as(f"sybil/{index}/{k}", flipped) for k in range(self.identities)]
+        return forged
 
     def describe(self) -> dict[str, Any]:
         """Return ``{"name": "sybil", "identities": ..., "scale": ...}``."""

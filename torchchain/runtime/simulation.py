@@ -22,11 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchchain.attacks.backdoor import Backdoor
 from torchchain.attacks.base import Attack
-from torchchain.attacks.replay import Replay
-from torchchain.attacks.sybil import Sybil
-from torchchain.chain.block import make_genesis
+from torchchain.chain.block import Transaction, make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger
 from torchchain.data import DataSplit, TaskData
@@ -274,27 +271,14 @@ class Simulation:
     def _forged_submissions(
         self, round: int, base_hash: str, deltas: Mapping[int, Mapping[str, torch.Tensor]]
     ) -> list[Submission]:
-        """What the malicious clients send under an attack on the chain itself (replay, Sybil).
-
-        Replay: each one resends an honest client's transaction of the previous block, with its
-        public update bytes. Sybil: each one signs sign-flipped updates with fresh keys that no
-        genesis block lists. The miner must reject all of them.
-        """
-        forged: list[Submission] = []
-        malicious = [c for c in self.clients if c.byzantine]
-        if isinstance(self.attack, Replay):
-            earlier = self.ledger.head.transactions if self.ledger.height >= 1 else ()
-            for i, client in enumerate(malicious):
-                if earlier:
-                    tx = earlier[(client.index + i) % len(earlier)]
-                    forged.append(Submission(transaction=tx, payload=self.ledger.get_blob(tx.update_hash)))
-        elif isinstance(self.attack, Sybil):
-            for client in malicious:
-                flipped = {k: -self.attack.scale * v for k, v in deltas[client.index].items()}
-                for k in range(self.attack.identities):
-                    key = SigningKey.from_seed_material(f"torchchain/sybil/{client.index}/{k}/seed={self.settings.seed}")
-                    fake = Client(index=client.index, key=key, data=client.data, byzantine=True)
-                    forged.append(fake.submit(flipped, round=round, base_hash=base_hash))
+        """What the malicious clients send under an attack on the chain itself: the attack
+        decides (:meth:`Attack.forge`); this runtime only lends it a :class:`_ChainForger`."""
+        malicious = [(c.index, deltas[c.index]) for c in self.clients if c.byzantine]
+        forger = _ChainForger(self.ledger, seed=self.settings.seed, round=round, base_hash=base_hash)
+        forged = self.attack.forge(malicious=malicious, forger=forger)
+        for item in forged:
+            if not isinstance(item, Submission):
+                raise TypeError(f"{type(self.attack).__name__}.forge must return what its Forger made, got {type(item).__name__}")
         return forged
 
     def _poison(self, round: int, deltas: dict[int, dict[str, torch.Tensor]], seconds: dict[str, float]) -> None:
@@ -366,20 +350,14 @@ class Simulation:
         metrics = evaluate(self.model, self.data.test, task=self.data.task, device=self.settings.device)
         if "rmse" in metrics:
             metrics["rmse"] *= self.data.target_scale
-        if isinstance(self.attack, Backdoor):
-            metrics["backdoor_accuracy"] = self._backdoor_accuracy(self.attack)
+        test = self.data.test
+        metrics.update(self.attack.evaluation_metrics(self._evaluate_on, test.features, test.targets))
         return metrics
 
-    @torch.no_grad()
-    def _backdoor_accuracy(self, attack: Backdoor) -> float:
-        """Attack success rate: the share of triggered test images, of another true class, classified as the target."""
-        test = self.data.test
-        keep = test.targets != attack.target_label
-        triggered = DataSplit(
-            features=attack.apply_trigger(test.features[keep]),
-            targets=torch.full((int(keep.sum()),), attack.target_label, dtype=test.targets.dtype),
+    def _evaluate_on(self, features: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return evaluate(
+            self.model, DataSplit(features=features, targets=targets), task=self.data.task, device=self.settings.device
         )
-        return evaluate(self.model, triggered, task=self.data.task, device=self.settings.device)["accuracy"]
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -465,3 +443,30 @@ class Simulation:
         self.writer.scalars(rnd, scalars)
         self.writer.update_norms(rnd, norms)
         self.writer.trust(rnd, {self._labels[c.public_key]: outcome.trust.get(c.public_key, 0.0) for c in self.clients})
+
+
+class _ChainForger:
+    """The :class:`~torchchain.attacks.base.Forger` this runtime lends an attack for one round."""
+
+    def __init__(self, ledger: Ledger, *, seed: int, round: int, base_hash: str) -> None:
+        self._ledger = ledger
+        self._seed = seed
+        self._round = round
+        self._base_hash = base_hash
+
+    def earlier_submissions(self) -> list[Submission]:
+        if self._ledger.height < 1:
+            return []
+        return [
+            Submission(transaction=tx, payload=self._ledger.get_blob(tx.update_hash))
+            for tx in self._ledger.head.transactions
+        ]
+
+    def submit_as(self, identity: str, update: Mapping[str, torch.Tensor]) -> Submission:
+        key = SigningKey.from_seed_material(f"torchchain/{identity}/seed={self._seed}")
+        payload = update_to_bytes(update)
+        tx = Transaction(
+            client=key.public_key, round=self._round, base_hash=self._base_hash,
+            update_hash=sha256_hex(payload), num_samples=1,
+        ).signed(key)
+        return Submission(transaction=tx, payload=payload)
