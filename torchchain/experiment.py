@@ -25,6 +25,7 @@ from torchchain.attacks.none import NoAttack
 from torchchain.data import TaskData
 from torchchain.errors import ConfigError
 from torchchain.protocol.registry import build_strategy, builtin_strategy_targets
+from torchchain.protocol.retention import updates_kept
 from torchchain.protocol.round import max_update_bytes
 from torchchain.updates.serialize import update_to_bytes
 from torchchain.runtime.client import LocalTraining
@@ -230,6 +231,7 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         ),
         "runtime.eval_every": _positive_int(cfg, "runtime.eval_every"),
         "runtime.progress": _flag(cfg, "runtime.progress"),
+        "chain.keep_updates": updates_kept({"chain": {"keep_updates": OmegaConf.select(cfg, "chain.keep_updates", default="all")}}),
     }
 
 

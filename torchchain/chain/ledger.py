@@ -731,6 +731,32 @@ class Ledger:
             write_atomic(path, data)
         return digest
 
+    def delete_blob(self, digest: str) -> int:
+        """Deletes the blob named ``digest`` (a retention rule pruning old updates); returns the
+        bytes freed (0 when it was not there). Blocks are never deleted.
+
+        Raises:
+            LedgerError: The ledger was opened for reading, or the file cannot be removed.
+        """
+        self._require_writer("delete a blob")
+        path = self.blob_path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise LedgerError(f"cannot delete blob {digest[:12]}: {exc.strerror or exc}") from exc
+        return size
+
+    def disk_bytes(self) -> int:
+        """The bytes of every block file and blob stored (one pass over the folder)."""
+        total = 0
+        for folder in (BLOCKS_DIR, BLOBS_DIR):
+            with os.scandir(self._path / folder) as entries:
+                total += sum(e.stat(follow_symlinks=False).st_size for e in entries if e.is_file(follow_symlinks=False))
+        return total
+
     def get_blob(self, digest: str, *, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
         """Reads the blob named ``digest`` and checks that its content hashes to the name.
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchchain.chain.block import Block
-from torchchain.chain.ledger import BLOBS_DIR, MAX_BLOB_BYTES, load_block_tree, sha256_regular_file
+from torchchain.chain.block import Block, GenesisInfo, genesis_info
+from torchchain.chain.ledger import BLOBS_DIR, BLOCKS_DIR, MAX_BLOB_BYTES, list_block_files, load_block_tree, sha256_regular_file
 from torchchain.errors import LedgerError
 
 __all__ = ["VerifyReport", "verify_ledger"]
@@ -35,6 +35,9 @@ class VerifyReport:
         blobs_checked: Number of distinct blobs, on every branch, whose content was hashed and
             matched its name.
         forks: Number of stored blocks that are not on the best chain (all of them verified).
+        pruned_below: Update blobs of blocks at or below this height may have been pruned under
+            the chain's retention rule (``None``: every update blob is kept).
+        pruned: How many update blobs were absent within that pruned range.
     """
 
     height: int
@@ -42,6 +45,8 @@ class VerifyReport:
     transactions: int
     blobs_checked: int
     forks: int = 0
+    pruned_below: int | None = None
+    pruned: int = 0
 
     def summary(self) -> str:
         """One line for a terminal, e.g. ``ledger OK: 31 blocks (height 30), 150 transactions,
@@ -50,9 +55,12 @@ class VerifyReport:
         forks = ""
         if self.forks > 0:
             forks = f", {self.forks} block{'s' if self.forks != 1 else ''} on side branches"
+        pruned = ""
+        if self.pruned:
+            pruned = f", {self.pruned} update blobs of heights <= {self.pruned_below} pruned by the retention rule"
         return (
             f"ledger OK: {self.height + 1} blocks (height {self.height}), {self.transactions} transactions, "
-            f"{self.blobs_checked} blobs verified{forks}, head {self.head[:12]}"
+            f"{self.blobs_checked} blobs verified{forks}{pruned}, head {self.head[:12]}"
         )
 
 
@@ -61,22 +69,28 @@ BlobRefs = Callable[[Block], Iterable[tuple[str, str]]]
 ``(digest, what)`` pairs; the protocol layer supplies one for its round records."""
 
 
-def _check_blobs(block: Block, blobs_dir: Path, checked: set[str], extra: BlobRefs | None) -> None:
+def _check_blobs(
+    block: Block, blobs_dir: Path, checked: set[str], extra: BlobRefs | None, *, prunable: bool, pruned: list[str]
+) -> None:
     """Checks the model blob, every update blob and every ``extra`` blob of ``block``,
-    skipping those in ``checked`` and adding the ones that pass."""
-    blobs = [(block.header.model_hash, "model blob")]
+    skipping those in ``checked`` and adding the ones that pass. When ``prunable``, an absent
+    update blob is recorded in ``pruned`` instead of refused (a present one must still be intact)."""
+    blobs = [(block.header.model_hash, "model blob", False)]
     blobs += [
-        (tx.update_hash, f"transaction {i} (client {tx.client[:12]}): update blob")
+        (tx.update_hash, f"transaction {i} (client {tx.client[:12]}): update blob", prunable)
         for i, tx in enumerate(block.transactions)
     ]
     if extra is not None:
-        blobs += list(extra(block))
-    for digest, what in blobs:
+        blobs += [(digest, what, False) for digest, what in extra(block)]
+    for digest, what, may_be_pruned in blobs:
         if digest in checked:
             continue
         try:
             actual = sha256_regular_file(blobs_dir / digest, max_bytes=MAX_BLOB_BYTES)
         except FileNotFoundError:
+            if may_be_pruned:
+                pruned.append(digest)
+                continue
             raise LedgerError(f"{what} {digest[:12]} is missing from {blobs_dir}") from None
         except LedgerError as exc:
             raise LedgerError(f"{what} {digest[:12]}: {exc.reason}") from None
@@ -90,6 +104,7 @@ def verify_ledger(
     *,
     expect_head: str | None = None,
     blob_refs: BlobRefs | None = None,
+    keep_updates: Callable[[GenesisInfo], int | None] | None = None,
 ) -> VerifyReport:
     """Audits the ledger folder at ``path``: every stored block, on every branch.
 
@@ -103,6 +118,10 @@ def verify_ledger(
             is refused.
         blob_refs: Names further blobs each block refers to, which must be stored and intact
             (see :data:`BlobRefs`); raising :class:`LedgerError` refuses the block.
+        keep_updates: Reads the chain's retention rule from its genesis: ``N`` means only the
+            update blobs of the last ``N`` blocks must be stored (heights above the highest
+            block's height minus ``N``); older ones may be absent, never altered. ``None``
+            (or no function) keeps them all. Model, round-state and other blobs are never pruned.
 
     Returns:
         A report on the best chain (most cumulative work, ties to the lowest tip hash).
@@ -116,9 +135,19 @@ def verify_ledger(
     blobs_dir = path / BLOBS_DIR
     checked: set[str] = set()
     tx_counts: dict[str, int] = {}
+    pruned: list[str] = []
+    # Every block has the genesis difficulty, so the head is at the highest height stored.
+    entries = list_block_files(path / BLOCKS_DIR) if (path / BLOCKS_DIR).is_dir() else []
+    top = entries[-1][0] if entries else 0
+    pruned_below: list[int | None] = [None]
 
     def check(block: Block) -> None:
-        _check_blobs(block, blobs_dir, checked, blob_refs)
+        if block.header.height == 0 and keep_updates is not None:
+            kept = keep_updates(genesis_info(block))
+            pruned_below[0] = None if kept is None else top - kept
+        limit = pruned_below[0]
+        prunable = limit is not None and block.header.height <= limit
+        _check_blobs(block, blobs_dir, checked, blob_refs, prunable=prunable, pruned=pruned)
         tx_counts[block.hash] = len(block.transactions)
 
     genesis, tree = load_block_tree(path, check_signatures=True, check=check)
@@ -135,4 +164,6 @@ def verify_ledger(
         transactions=sum(tx_counts[h] for h in chain),
         blobs_checked=len(checked),
         forks=len(tree) - len(chain),
+        pruned_below=pruned_below[0],
+        pruned=len(pruned),
     )

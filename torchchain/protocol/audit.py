@@ -25,6 +25,7 @@ from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.chain.verify import VerifyReport
 from torchchain.errors import ConfigError, LedgerError, SerializationError
 from torchchain.protocol.record import RoundRecord
+from torchchain.protocol.retention import first_retained_height
 from torchchain.protocol.round import ReplayMismatch, RoundRules, load_state_blob, replay_round
 from torchchain.protocol.verify import verify_ledger
 from torchchain.updates.serialize import update_from_bytes
@@ -83,19 +84,32 @@ class AuditReport:
         verify: What the structural verification checked.
         strategy: The recorded strategy's ``_target_``.
         rounds: One replay per replayed round block, in chain order; every one matches.
+        skipped: The heights ``(first, last)`` not replayed because the retention rule let their
+            update blobs be pruned, or ``None``.
+        keep_updates: The chain's ``chain.keep_updates`` (``None``: all).
     """
 
     verify: VerifyReport
     strategy: str
     rounds: tuple[RoundReplay, ...]
+    skipped: tuple[int, int] | None = None
+    keep_updates: int | None = None
 
     def summary(self) -> str:
-        """Two lines for a terminal: the verification's and the replay's."""
-        return (
-            f"{self.verify.summary()}\n"
+        """The verification's line, the replay's, and which heights were not replayed and why."""
+        lines = [
+            self.verify.summary(),
             f"audit OK: {len(self.rounds)} rounds replayed with {self.strategy}, every model hash and trust "
-            f"weight matches; head {self.verify.head[:_SHORT]}"
-        )
+            f"weight matches; head {self.verify.head[:_SHORT]}",
+        ]
+        if self.skipped is not None:
+            low, high = self.skipped
+            lines.append(
+                f"not replayed: heights {low} to {high}, whose update blobs the chain's retention rule "
+                f"(chain.keep_updates={self.keep_updates}) lets nodes delete; the replay started from the "
+                f"model and round state block {high} commits to"
+            )
+        return "\n".join(lines)
 
 
 def format_round(replay: RoundReplay) -> str:
@@ -173,6 +187,13 @@ def audit_ledger(
     if type(start) is not int or not 1 <= start <= max(ledger.height, 1):
         raise LedgerError(f"start must be a height in [1, {ledger.height}], got {start!r}")
     rules = _genesis_rules(ledger, trust)
+    retained = first_retained_height(ledger.height, rules.keep_updates)
+    skipped = None
+    if start < retained:
+        # Heights below `retained` may have lost their update blobs to the retention rule: the
+        # replay starts where the rule guarantees every input is stored.
+        skipped = (start, retained - 1)
+        start = retained
     target = str(ledger.config["strategy"]["_target_"])
     model, state = _model_at(ledger, start - 1)
     rounds = []
@@ -203,4 +224,4 @@ def audit_ledger(
         if on_round is not None:
             on_round(replay)
         rounds.append(replay)
-    return AuditReport(verify=report, strategy=target, rounds=tuple(rounds))
+    return AuditReport(verify=report, strategy=target, rounds=tuple(rounds), skipped=skipped, keep_updates=rules.keep_updates)

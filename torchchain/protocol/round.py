@@ -25,6 +25,7 @@ from torchchain.errors import ConfigError, LedgerError, RejectedUpdate, Serializ
 from torchchain.protocol.randomness import round_generator, round_randomness
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.registry import build_strategy
+from torchchain.protocol.retention import updates_kept
 from torchchain.protocol.state import decode_state, encode_state
 from torchchain.protocol.submission import RoundContext, Submission, check_submission, check_tensors
 from torchchain.strategies.base import Strategy
@@ -77,11 +78,14 @@ class RoundRules:
             number of rounds and branches.
         members: Client keys allowed to submit.
         max_update_bytes: The largest accepted update.
+        keep_updates: How many of the latest blocks keep their update blobs (``None``: all);
+            see :mod:`torchchain.protocol.retention`.
     """
 
     strategy: Strategy
     members: frozenset[str]
     max_update_bytes: int
+    keep_updates: int | None = None
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -111,7 +115,10 @@ class RoundRules:
             raise ConfigError(f"the genesis config records clients={clients} but lists {len(members)} members")
         byzantine = _config_int(config, "byzantine", 0, clients)
         strategy = build_strategy(config.get("strategy"), num_clients=clients, num_byzantine=byzantine, trusted=trusted)
-        return cls(strategy=strategy, members=members, max_update_bytes=max_update_bytes(config))
+        return cls(
+            strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
+            keep_updates=updates_kept(config),
+        )
 
     def context(self, round: int, base_hash: str, model: Mapping[str, torch.Tensor]) -> RoundContext:
         """What a submission of ``round``, computed against block ``base_hash`` whose model is

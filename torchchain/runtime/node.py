@@ -38,6 +38,7 @@ class PreparedBlock:
         result: The round's outcome (model, trust, round state) that the block commits to.
         rejections: The bounded record of refused submissions.
         blobs: The bytes the block refers to (accepted updates, model, state, reference).
+        update_bytes: The size of each accepted update payload, in block order.
         seconds: Wall time of the node's phases: ``validate``, ``aggregate``, ``mine``, ``write``.
     """
 
@@ -45,6 +46,7 @@ class PreparedBlock:
     result: RoundResult
     rejections: Rejections
     blobs: list[bytes] = field(default_factory=list)
+    update_bytes: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -84,6 +86,8 @@ class Node:
         self.key = key
         self.difficulty = difficulty
         self.round_state = self._head_state()
+        #: Bytes of the ledger folder (block files and blobs), kept up to date by :meth:`commit`.
+        self.ledger_bytes = ledger.disk_bytes()
 
     def _head_state(self) -> dict[str, torch.Tensor]:
         head = self.ledger.head
@@ -152,17 +156,37 @@ class Node:
             time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
         )
         seconds["mine"] = time.perf_counter() - start
-        return PreparedBlock(block=block, result=result, rejections=rejections, blobs=blobs, seconds=seconds)
+        return PreparedBlock(
+            block=block, result=result, rejections=rejections, blobs=blobs,
+            update_bytes=[len(payload) for _, payload, _ in selection.accepted], seconds=seconds,
+        )
 
     def commit(self, prepared: PreparedBlock) -> None:
         """Store the block's blobs, append it (atomically: whole or absent), then advance the round state."""
         start = time.perf_counter()
         for blob in prepared.blobs:
+            if not self.ledger.has_blob(sha256_hex(blob)):
+                self.ledger_bytes += len(blob)
             self.ledger.put_blob(blob)
         record = RoundRecord.from_block(prepared.block)
         self.ledger.append(prepared.block, blobs=[digest for digest, _ in record.blobs()])
+        self.ledger_bytes += len(prepared.block.to_bytes())
         self.round_state = prepared.result.state
+        self.ledger_bytes -= self._prune()
         prepared.seconds["write"] = time.perf_counter() - start
+
+    def _prune(self) -> int:
+        """Apply the chain's retention rule: delete the update blobs of the block that just left
+        the retained window (those no retained block also refers to). Returns the bytes freed."""
+        kept = self.rules.keep_updates
+        height = self.ledger.height
+        if kept is None or height - kept < 1:
+            return 0
+        retained = {tx.update_hash for block in self.ledger.iter_blocks(height - kept + 1) for tx in block.transactions}
+        leaving = self.ledger.block(height - kept)
+        return sum(
+            self.ledger.delete_blob(tx.update_hash) for tx in leaving.transactions if tx.update_hash not in retained
+        )
 
     def mine_round(
         self,

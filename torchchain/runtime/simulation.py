@@ -405,6 +405,7 @@ class Simulation:
             "rejected": sum(RoundRecord.from_block(b).rejected.total for b in self.ledger.iter_blocks(1)),
             "ledger": str(self.ledger.path.resolve()),
             "head": self.ledger.head.hash,
+            "ledger_bytes": self.node.ledger_bytes,
             "model_hash": self.ledger.head.header.model_hash,
             "wall_seconds": wall,
             "median_round_seconds": statistics.median(round_seconds) if round_seconds else 0.0,
@@ -437,9 +438,12 @@ class Simulation:
                 "chain/height": self.ledger.height,
                 "chain/mine_seconds": seconds.get("mine", 0.0),
                 "chain/rejected": outcome.rejections.total,
+                "chain/ledger_bytes": self.node.ledger_bytes,
                 "time/round_seconds": elapsed,
             }
         )
+        if outcome.update_bytes:
+            scalars["chain/bytes_per_update"] = sum(outcome.update_bytes) / len(outcome.update_bytes)
         self.writer.scalars(rnd, scalars)
         self.writer.update_norms(rnd, norms)
         self.writer.trust(rnd, {self._labels[c.public_key]: outcome.trust.get(c.public_key, 0.0) for c in self.clients})
