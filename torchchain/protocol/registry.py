@@ -24,7 +24,7 @@ from typing import Any
 from torchchain.errors import ConfigError, TorchchainError
 from torchchain.strategies import PRE_AGGREGATORS, STRATEGIES, PreAggregator, Strategy
 
-__all__ = ["MAX_CONFIG_NODES", "build_strategy", "builtin_strategy_targets"]
+__all__ = ["MAX_CONFIG_NODES", "build_codec", "build_strategy", "builtin_strategy_targets"]
 
 #: The most values a strategy's config may hold (arguments, list items, nested entries).
 MAX_CONFIG_NODES = 1_000
@@ -168,3 +168,26 @@ def build_strategy(
         raise ConfigError(f"strategy {target!r} did not build a Strategy")
     strategy.setup(num_clients=num_clients, num_byzantine=num_byzantine)
     return strategy
+
+
+def build_codec(node: Mapping[str, Any] | None) -> Any:
+    """Build the update codec a protocol config names (built-in codecs only; ``None``: no codec).
+
+    Args:
+        node: ``{"_target_": "torchchain.updates.codecs.RotateQuantize", "bits": 8}`` or ``None``.
+
+    Raises:
+        ConfigError: The node names anything but a built-in codec, holds anything but plain
+            values, or the codec refuses its arguments.
+    """
+    from torchchain.updates.codecs import CODECS, NoCodec
+
+    if node is None:
+        return NoCodec()
+    if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+        raise ConfigError("the codec config must be an object with a '_target_' naming a built-in codec")
+    allowed = {path: cls for cls in CODECS.values() for path in _paths(cls)}
+    target = node["_target_"]
+    if target not in allowed:
+        raise ConfigError(f"codec._target_={target[:120]!r} is not one of the built-in codecs {sorted(CODECS)}")
+    return _build(allowed[target], _arguments(node, "codec", [MAX_CONFIG_NODES]), "codec")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,11 +24,12 @@ from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import ConfigError, LedgerError, RejectedUpdate, SerializationError
 from torchchain.protocol.randomness import round_generator, round_randomness
 from torchchain.protocol.record import RoundRecord
-from torchchain.protocol.registry import build_strategy
+from torchchain.protocol.registry import build_codec, build_strategy
 from torchchain.protocol.retention import updates_kept
 from torchchain.protocol.state import decode_state, encode_state
 from torchchain.protocol.submission import RoundContext, Submission, check_submission, check_tensors
 from torchchain.strategies.base import Strategy
+from torchchain.updates.codecs import Codec, NoCodec
 from torchchain.updates.delta import apply_delta, flatten, float_keys, unflatten
 from torchchain.updates.serialize import update_to_bytes
 
@@ -80,12 +81,15 @@ class RoundRules:
         max_update_bytes: The largest accepted update.
         keep_updates: How many of the latest blocks keep their update blobs (``None``: all);
             see :mod:`torchchain.protocol.retention`.
+        codec: How clients encode updates (:mod:`torchchain.updates.codecs`); recorded in every
+            transaction, decoded identically by every node.
     """
 
     strategy: Strategy
     members: frozenset[str]
     max_update_bytes: int
     keep_updates: int | None = None
+    codec: Codec = field(default_factory=NoCodec)
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -117,7 +121,7 @@ class RoundRules:
         strategy = build_strategy(config.get("strategy"), num_clients=clients, num_byzantine=byzantine, trusted=trusted)
         return cls(
             strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
-            keep_updates=updates_kept(config),
+            keep_updates=updates_kept(config), codec=build_codec(config.get("codec")),
         )
 
     def context(self, round: int, base_hash: str, model: Mapping[str, torch.Tensor]) -> RoundContext:
@@ -126,7 +130,7 @@ class RoundRules:
         template = {k: model[k] for k in float_keys(model)}
         return RoundContext(
             members=self.members, round=round, base_hash=base_hash, template=template,
-            max_update_bytes=self.max_update_bytes,
+            max_update_bytes=self.max_update_bytes, codec=self.codec,
         )
 
 

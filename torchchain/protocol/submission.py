@@ -14,17 +14,17 @@ shapes, dtypes, finiteness).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from torchchain.chain.block import Transaction
 from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import RejectedUpdate, SerializationError
+from torchchain.updates.codecs import Codec, NoCodec, codec_seed
 from torchchain.updates.serialize import update_from_bytes
 
 __all__ = [
-    "CODECS",
     "RoundContext",
     "Selection",
     "Submission",
@@ -32,10 +32,6 @@ __all__ = [
     "check_tensors",
     "select_submissions",
 ]
-
-#: The update encodings a node accepts.
-CODECS = frozenset({"none"})
-
 
 @dataclass(frozen=True)
 class Submission:
@@ -55,6 +51,8 @@ class RoundContext:
         base_hash: Hash of the block whose model every update must be computed against.
         template: The model's float tensors (names, shapes and dtypes an update must have).
         max_update_bytes: Larger payloads are refused unread.
+        codec: The chain's update codec; every transaction must name it (its ``tag()``) and
+            every payload must decode with it.
     """
 
     members: frozenset[str]
@@ -62,6 +60,7 @@ class RoundContext:
     base_hash: str
     template: Mapping[str, torch.Tensor]
     max_update_bytes: int
+    codec: Codec = field(default_factory=NoCodec)
 
 
 def check_tensors(payload: bytes, template: Mapping[str, torch.Tensor], *, max_bytes: int) -> dict[str, torch.Tensor]:
@@ -104,8 +103,10 @@ def _check_claims(tx: Transaction, context: RoundContext) -> None:
         )
     if tx.num_samples < 1:
         raise RejectedUpdate("bad_num_samples", f"num_samples must be positive, got {tx.num_samples}")
-    if tx.codec not in CODECS:
-        raise RejectedUpdate("unknown_codec", f"codec {tx.codec[:40]!r} is not one of {sorted(CODECS)}")
+    if tx.codec != context.codec.tag():
+        raise RejectedUpdate(
+            "unknown_codec", f"transaction names codec {tx.codec[:40]!r}, the chain encodes updates with {context.codec.tag()!r}"
+        )
     if not tx.has_valid_signature():
         raise RejectedUpdate("bad_signature", f"signature does not match the public key of client {tx.client[:12]}…")
 
@@ -115,7 +116,19 @@ def _check_payload(tx: Transaction, payload: bytes, context: RoundContext) -> di
         raise RejectedUpdate("oversized", f"update is {len(payload)} bytes, over the limit of {context.max_update_bytes}")
     if sha256_hex(payload) != tx.update_hash:
         raise RejectedUpdate("hash_mismatch", "update bytes do not hash to the signed update_hash")
-    return check_tensors(payload, context.template, max_bytes=context.max_update_bytes)
+    if isinstance(context.codec, NoCodec):
+        return check_tensors(payload, context.template, max_bytes=context.max_update_bytes)
+    # The hash covers the encoded bytes; every node decodes them the same way, in float64.
+    try:
+        tensors = context.codec.decode(
+            payload, context.template, seed=codec_seed(tx.round, tx.client), max_bytes=context.max_update_bytes
+        )
+    except SerializationError as exc:
+        raise RejectedUpdate("malformed", f"{context.codec.tag()} payload does not decode: {exc}") from None
+    for name, value in tensors.items():
+        if not bool(torch.isfinite(value).all()):
+            raise RejectedUpdate("non_finite", f"tensor {name!r} decodes to NaN or infinite values")
+    return tensors
 
 
 def check_submission(submission: Submission, context: RoundContext) -> dict[str, torch.Tensor]:
@@ -123,6 +136,9 @@ def check_submission(submission: Submission, context: RoundContext) -> dict[str,
 
     This is the rule the miner applies to what it receives, every peer to a proposed block's
     transactions, and ``torchchain audit`` to every accepted update in a ledger.
+
+    The payload is decoded with the chain's codec (the transaction's hash covers the encoded
+    bytes); the returned tensors are the decoded update.
 
     Raises:
         RejectedUpdate: naming the first check that failed (codes ``unknown_client``,

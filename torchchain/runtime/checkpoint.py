@@ -1,8 +1,8 @@
 """Run checkpoints: the private state a resumed run needs that the ledger does not hold.
 
 The ledger holds every global model and the round state (the strategy's state), so the only
-state to save is what is private to this process: the attack's state and each client's SGD
-momentum. Everything else (partitions, keys, random streams) is derived from the seed.
+state to save is what is private to this process: the attack's state, each client's SGD
+momentum and each client's codec error-feedback residual. Everything else (partitions, keys, random streams) is derived from the seed.
 
 A checkpoint is keyed by the hash of the block it belongs with. It is written *before* that
 block is appended, and its parent's is kept, so whatever instant a crash hits, the checkpoint
@@ -54,6 +54,7 @@ def save_checkpoint(
     parent: str,
     attack_state: Mapping[str, Any],
     momentum: Mapping[int, Mapping[str, torch.Tensor]],
+    residuals: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write the checkpoint of block ``block_hash`` atomically; delete all but it and its parent's.
 
@@ -63,6 +64,7 @@ def save_checkpoint(
         parent: The hash of its parent, whose checkpoint is kept until the block is on disk.
         attack_state: ``attack.state_dict()``: tensors, and JSON-serializable values.
         momentum: Each client's momentum buffers by client index and parameter name.
+        residuals: Each client's codec error-feedback residual, likewise (empty without one).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,8 @@ def save_checkpoint(
     meta = {"block": block_hash, "attack": _split(attack_state, "attack/", tensors)}
     for index, buffers in momentum.items():
         _split(buffers, f"momentum/{index}/", tensors)
+    for index, residual in (residuals or {}).items():
+        _split(residual, f"residual/{index}/", tensors)
     path = checkpoint_path(folder, block_hash)
     write_atomic(path, st_save(tensors, metadata={"torchchain": json.dumps(meta, sort_keys=True)}))
     for old in folder.iterdir():
@@ -84,7 +88,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        ``{"block": str, "attack": dict, "momentum": {index: {name: tensor}}}``.
+        ``{"block": str, "attack": dict, "momentum": {index: {name: tensor}},
+        "residuals": {index: {name: tensor}}}``.
 
     Raises:
         ConfigError: if the file is missing or malformed; the message names it.
@@ -95,14 +100,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["torchchain"])
-        state: dict[str, Any] = {"block": str(meta["block"]), "attack": dict(meta["attack"]), "momentum": {}}
+        state: dict[str, Any] = {"block": str(meta["block"]), "attack": dict(meta["attack"]), "momentum": {}, "residuals": {}}
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot resume: checkpoint {path} is missing or malformed ({exc})") from None
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
         if kind == "attack":
             state[kind][rest] = tensor
-        elif kind == "momentum":
+        elif kind in ("momentum", "residual"):
             index, _, param = rest.partition("/")
-            state["momentum"].setdefault(int(index), {})[param] = tensor
+            state["momentum" if kind == "momentum" else "residuals"].setdefault(int(index), {})[param] = tensor
     return state

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torchchain.chain.block import Transaction
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.data import DataSplit
 from torchchain.protocol.submission import Submission
+from torchchain.updates.codecs import Codec, NoCodec, TopK, codec_seed, error_feedback_step
 from torchchain.updates.serialize import update_to_bytes
 
 __all__ = ["Client", "LocalTraining", "evaluate", "train_local"]
@@ -142,6 +143,8 @@ class Client:
         data: The client's private training data.
         byzantine: Whether this client runs the configured attack.
         momentum_buffers: SGD momentum carried across rounds (empty when momentum is 0).
+        codec_residual: What error feedback has not sent yet (codecs that drop coordinates,
+            such as top-k); private to the client and checkpointed with it.
     """
 
     index: int
@@ -149,6 +152,7 @@ class Client:
     data: DataSplit
     byzantine: bool = False
     momentum_buffers: dict[str, torch.Tensor] | None = None
+    codec_residual: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def public_key(self) -> str:
@@ -166,18 +170,31 @@ class Client:
         round: int,
         base_hash: str,
         seconds: dict[str, float] | None = None,
+        codec: Codec | None = None,
+        generator: torch.Generator | None = None,
     ) -> Submission:
-        """Serialize ``update`` canonically, hash it, and sign the transaction that commits to it.
+        """Encode ``update`` with the chain's codec, hash it, and sign the transaction that commits to it.
 
         Args:
-            update: The tensors to send (the delta, possibly poisoned).
+            update: The tensors to send (the delta, possibly poisoned: attacks act before encoding).
             round: The round the update is for.
             base_hash: Hash of the block whose model the update was computed against.
-            seconds: If given, the time spent serializing, hashing and signing is added to its
+            seconds: If given, the time spent encoding, hashing and signing is added to its
                 ``serialize``, ``hash`` and ``sign`` entries.
+            codec: The chain's codec (default: none, canonical float tensors). A codec that
+                drops coordinates (top-k) runs with error feedback on :attr:`codec_residual`.
+            generator: The client's randomness for stochastic rounding.
         """
+        codec = NoCodec() if codec is None else codec
         t0 = time.perf_counter()
-        payload = update_to_bytes(update)
+        seed = codec_seed(round, self.public_key)
+        rng = torch.Generator().manual_seed(0) if generator is None else generator
+        if isinstance(codec, TopK):
+            payload, self.codec_residual = error_feedback_step(update, self.codec_residual, codec, seed=seed, generator=rng)
+        elif isinstance(codec, NoCodec):
+            payload = update_to_bytes(update)
+        else:
+            payload = codec.encode(update, seed=seed, generator=rng)
         t1 = time.perf_counter()
         digest = sha256_hex(payload)
         t2 = time.perf_counter()
@@ -187,6 +204,7 @@ class Client:
             base_hash=base_hash,
             update_hash=digest,
             num_samples=len(self.data),
+            codec=codec.tag(),
         ).signed(self.key)
         t3 = time.perf_counter()
         if seconds is not None:

@@ -233,6 +233,7 @@ class Simulation:
         self.attack.load_state_dict(state["attack"])
         for client in self.clients:
             client.momentum_buffers = dict(state["momentum"].get(client.index, {}))
+            client.codec_residual = dict(state["residuals"].get(client.index, {}))
 
     @property
     def finished(self) -> bool:
@@ -308,7 +309,10 @@ class Simulation:
         norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in self.clients}
         forging = self.attack.forges_transactions
         submissions: list[Submission] = [
-            c.submit(deltas[c.index], round=round, base_hash=base_hash, seconds=seconds)
+            c.submit(
+                deltas[c.index], round=round, base_hash=base_hash, seconds=seconds, codec=self.rules.codec,
+                generator=derive_generator(self.settings.seed, "codec", round, c.index),
+            )
             for c in self.clients
             if not (forging and c.byzantine)
         ]
@@ -329,6 +333,7 @@ class Simulation:
             parent=outcome.block.header.prev_hash,
             attack_state=self.attack.state_dict(),
             momentum={c.index: c.momentum_buffers or {} for c in self.clients},
+            residuals={c.index: c.codec_residual for c in self.clients},
         )
         seconds["checkpoint"] = time.perf_counter() - start
         self.node.commit(outcome)
@@ -365,6 +370,7 @@ class Simulation:
         """Run every round not yet in the ledger; return the run's summary (what ``summary.json`` holds)."""
         started = time.perf_counter()
         round_seconds: list[float] = []
+        update_sizes: list[int] = []
         phase_totals: dict[str, float] = {}
         metrics: dict[str, float] = {}
         first = self.ledger.height + 1
@@ -386,6 +392,7 @@ class Simulation:
                 seconds["eval"] = time.perf_counter() - eval_start
             elapsed = time.perf_counter() - round_start
             round_seconds.append(elapsed)
+            update_sizes.extend(outcome.update_bytes)
             for name, value in seconds.items():
                 phase_totals[name] = phase_totals.get(name, 0.0) + value
             self._log_round(rnd, outcome, metrics if evaluated else {}, seconds, elapsed, norms)
@@ -406,6 +413,7 @@ class Simulation:
             "ledger": str(self.ledger.path.resolve()),
             "head": self.ledger.head.hash,
             "ledger_bytes": self.node.ledger_bytes,
+            "mean_update_bytes": statistics.mean(update_sizes) if update_sizes else 0.0,
             "model_hash": self.ledger.head.header.model_hash,
             "wall_seconds": wall,
             "median_round_seconds": statistics.median(round_seconds) if round_seconds else 0.0,

@@ -37,9 +37,10 @@ every value (finite, ``min <= max``, indices in range and strictly increasing, p
 zero), and the decoded tensors (finite after the cast to the template's dtype). Anything else
 raises :class:`~torchchain.errors.SerializationError` and nothing else. Payload bytes are
 canonical: the container is re-encoded and compared by ``update_from_bytes``, and the codec
-leaves no slack of its own (unused padding bits and the codes of a constant chunk must be
-zero; indices are strictly increasing and of one dtype), so the same decoded content is never
-reached through cosmetic byte changes.
+refuses slack of its own (unused padding bits and the codes of a constant chunk must be zero;
+indices are strictly increasing and of one fixed dtype), so a payload cannot be re-dressed into
+different bytes with the same meaning by flipping bits the decoder ignores. (An update still
+has many valid encodings, since rounding is random; the ledger identifies the payload.)
 
 Payload layout, per template tensor ``n`` (names are injective: the suffix after the last
 ``/`` is one of the codec's fixed words):
@@ -170,8 +171,10 @@ def rotation_length(numel: int) -> int:
     (at most :data:`ROTATION_BLOCK`) while at least :data:`ROTATION_MIN_PIECE` elements are
     left; the remainder is zero-padded to the next power of two. Each piece is rotated on its
     own. So the cost over ``numel`` is under :data:`ROTATION_MIN_PIECE` coordinates, and under
-    2× for tensors shorter than that, while every piece of a large tensor mixes at least 1024
-    coordinates. Each transform costs ``O(L log L)`` with ``L <= 2**16``.
+    2× for tensors shorter than that, while every piece but a final remainder mixes at least
+    1024 coordinates. Each transform costs ``O(L log L)`` with ``L <= 2**16``; rotating a
+    block-diagonal of Hadamards rather than one ``numel``-wide Hadamard trades a little mixing
+    for bounded work and no 2× padding of large tensors.
     """
     return sum(padded for _, padded in _rotation_pieces(numel))
 
@@ -191,17 +194,31 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     if n < 1 or n & (n - 1):
         raise ValueError(f"the transform needs a power-of-two length, got {n}")
     lead = x.shape[:-1]
-    y = x.detach().to("cpu", torch.float64).reshape(-1, n)
+    y = x.detach().to("cpu", torch.float64).reshape(-1, n).clone()
     rows = y.shape[0]
+    z = torch.empty_like(y)
     h = 1
-    while h < n:
-        pairs = y.reshape(rows, n // (2 * h), 2, h)
-        a, b = pairs[:, :, 0, :], pairs[:, :, 1, :]
-        y = torch.stack((a + b, a - b), dim=2).reshape(rows, n)
+    while h < n:  # stage h: (a, b) -> (a + b, a - b) for pairs h apart; two buffers, swapped
+        src, dst = y.view(rows, n // (2 * h), 2, h), z.view(rows, n // (2 * h), 2, h)
+        torch.add(src[:, :, 0, :], src[:, :, 1, :], out=dst[:, :, 0, :])
+        torch.sub(src[:, :, 0, :], src[:, :, 1, :], out=dst[:, :, 1, :])
+        y, z = z, y
         h *= 2
     m = n.bit_length() - 1
     scale = math.ldexp(1.0, -(m // 2)) * (math.sqrt(0.5) if m % 2 else 1.0)
     return (y * scale).reshape(*lead, n)
+
+
+def _transform_pieces(x: torch.Tensor, pieces: list[tuple[int, int]]) -> torch.Tensor:
+    """:func:`fwht` of each consecutive piece of ``x`` (lengths ``padded``); the full
+    :data:`ROTATION_BLOCK` pieces, which come first, go through one batched call."""
+    full = sum(1 for _, padded in pieces if padded == ROTATION_BLOCK)
+    out = [fwht(x[: full * ROTATION_BLOCK].reshape(full, ROTATION_BLOCK)).reshape(-1)] if full else []
+    start = full * ROTATION_BLOCK
+    for _, padded in pieces[full:]:
+        out.append(fwht(x[start : start + padded]))
+        start += padded
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def rotation_signs(seed: bytes, name: str, length: int) -> torch.Tensor:
@@ -209,10 +226,10 @@ def rotation_signs(seed: bytes, name: str, length: int) -> torch.Tensor:
     :data:`ROTATION_DOMAIN`, the seed and the length-prefixed UTF-8 name (bit ``i`` is bit
     ``i % 8`` of byte ``i // 8``; 0 gives +1, 1 gives −1)."""
     _check_seed(seed)
-    raw = name.encode("utf-8", "surrogatepass")
-    stream = hashlib.shake_256(ROTATION_DOMAIN + seed + len(raw).to_bytes(8, "big") + raw).digest((length + 7) // 8)
     if not length:
         return torch.zeros(0, dtype=torch.float64)
+    raw = name.encode("utf-8", "surrogatepass")
+    stream = hashlib.shake_256(ROTATION_DOMAIN + seed + len(raw).to_bytes(8, "big") + raw).digest((length + 7) // 8)
     bits = _unpack(torch.frombuffer(bytearray(stream), dtype=torch.uint8), 1)[:length]
     return 1.0 - 2.0 * bits.to(torch.float64)
 
@@ -577,9 +594,10 @@ class RotateQuantize(Quantize):
     describes (the last zero-padded); multiply by the ±1 diagonal :func:`rotation_signs` draws
     from the public seed and the tensor's name; apply :func:`fwht` to each piece; quantize the
     concatenation. Decoding dequantizes, applies :func:`fwht` again (its own inverse),
-    multiplies by the same diagonal, drops the padding, reshapes and casts. A rotation makes
-    every coordinate about ``‖Δ‖/√L``, so one large outlier no longer stretches its chunk's
-    range: the mean squared error falls from ``O(range²)`` to ``O(‖Δ‖² log L / L)`` per piece.
+    multiplies by the same diagonal, drops the padding, reshapes and casts. After the rotation
+    every coordinate of a piece of length ``L`` is at most about ``‖Δ‖·√(2 ln L / L)`` with high
+    probability, so one large outlier no longer stretches its chunk's range, and the error, a
+    fraction of that range, shrinks accordingly (Suresh et al. 2017, Lemma 7).
     The payload is ``rotation_length(n) / n`` times the plain quantizer's (≤ 1 + 1023/n).
     """
 
@@ -591,23 +609,13 @@ class RotateQuantize(Quantize):
 
     def _forward(self, name: str, flat: torch.Tensor, seed: bytes) -> torch.Tensor:
         pieces = _rotation_pieces(flat.numel())
-        signs = rotation_signs(seed, name, sum(p for _, p in pieces))
-        out, src, dst = [], 0, 0
-        for length, padded in pieces:
-            block = torch.zeros(padded, dtype=torch.float64)
-            block[:length] = flat[src : src + length]
-            out.append(fwht(block * signs[dst : dst + padded]))
-            src, dst = src + length, dst + padded
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        padded = torch.zeros(sum(p for _, p in pieces), dtype=torch.float64)
+        padded[: flat.numel()] = flat  # only the last piece is ever padded, so pieces stay aligned
+        return _transform_pieces(padded * rotation_signs(seed, name, padded.numel()), pieces)
 
     def _backward(self, name: str, values: torch.Tensor, numel: int, seed: bytes) -> torch.Tensor:
         pieces = _rotation_pieces(numel)
-        signs = rotation_signs(seed, name, values.numel())
-        out, src = [], 0
-        for length, padded in pieces:
-            out.append((fwht(values[src : src + padded]) * signs[src : src + padded])[:length])
-            src += padded
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        return (_transform_pieces(values, pieces) * rotation_signs(seed, name, values.numel()))[:numel]
 
     def _coded_length(self, numel: int) -> int:
         return rotation_length(numel)
