@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from torchchain.attacks import Backdoor, Replay, Sybil, SignFlip
@@ -67,3 +68,33 @@ def test_backdoor_reports_its_success_rate_on_triggered_images_of_other_classes(
 
 def test_attacks_without_extra_metrics_report_none() -> None:
     assert SignFlip().evaluation_metrics(lambda x, y: {"accuracy": 1.0}, torch.zeros(2, 3), torch.zeros(2)) == {}
+
+
+@pytest.mark.parametrize("mode", ["truncate", "flip", "garbage"])
+def test_a_malformed_encoding_is_rejected_every_round_and_the_rest_aggregate(tmp_path, mode) -> None:
+    from torchchain.chain.ledger import Ledger
+    from torchchain.experiment import run
+    from torchchain.protocol.audit import audit_ledger
+
+    from composing import FAST, compose_config
+
+    summary = run(
+        compose_config([*FAST, "rounds=2", "clients=5", "byzantine=1", "codec=quantize", "attack=malformed", f"attack.mode={mode}"]),
+        tmp_path,
+    )
+    ledger = Ledger.open(tmp_path / "ledger")
+    for block in ledger.iter_blocks(1):
+        assert block.meta["rejected"]["counts"] == {"malformed": 1}
+        assert len(block.transactions) == 4
+    assert summary["rejected"] == 2
+    assert len(audit_ledger(tmp_path / "ledger").rounds) == 2
+
+
+def test_a_tampered_payload_is_signed_so_only_the_decoder_can_tell() -> None:
+    from torchchain.attacks import MalformedEncoding
+
+    payload = (8).to_bytes(8, "little") + b"{\"a\": 1}" + bytes(range(48))
+    flipped = MalformedEncoding(mode="flip").tamper_payload(payload, generator=torch.Generator().manual_seed(0))
+    assert len(flipped) == len(payload) and flipped != payload and flipped[:8] == payload[:8]
+    with pytest.raises(Exception, match="mode"):
+        MalformedEncoding(mode="shuffle")

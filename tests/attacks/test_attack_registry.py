@@ -12,7 +12,8 @@ from torchchain.attacks import ALIE, ATTACKS, Attack, Mimic, SignFlip
 from torchchain.errors import ConfigError
 
 CONFIG_NAMES = [
-    "alie", "backdoor", "gaussian", "ipm", "labelflip", "mimic", "minmax", "minsum", "none", "replay", "signflip", "sybil",
+    "alie", "backdoor", "gaussian", "ipm", "labelflip", "malformed", "mimic", "minmax", "minsum", "none", "replay",
+    "signflip", "sybil",
 ]
 
 

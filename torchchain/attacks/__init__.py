@@ -12,6 +12,7 @@ from torchchain.attacks.base import Attack
 from torchchain.attacks.gaussian import Gaussian
 from torchchain.attacks.ipm import IPM
 from torchchain.attacks.labelflip import LabelFlip
+from torchchain.attacks.malformed import MalformedEncoding
 from torchchain.attacks.mimic import Mimic
 from torchchain.attacks.minmax import MinMax
 from torchchain.attacks.minsum import MinSum
@@ -28,6 +29,7 @@ __all__ = [
     "Gaussian",
     "IPM",
     "LabelFlip",
+    "MalformedEncoding",
     "Mimic",
     "MinMax",
     "MinSum",
@@ -38,6 +40,6 @@ __all__ = [
 ]
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil)
+    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil, MalformedEncoding)
 }
 """Every built-in attack by the name a configuration selects it with (``attack=alie``)."""

@@ -15,6 +15,8 @@ Two more hooks let an attack own behaviour the runtime only wires:
 * :meth:`Attack.forge` (attacks with ``forges_transactions = True``): the submissions the
   malicious clients send instead of their own, made through a :class:`Forger` the runtime lends
   (resend a genuine earlier submission, sign with a fresh identity);
+* :meth:`Attack.tamper_payload`: the bytes a malicious client signs instead of its encoded
+  update (a malformed encoding);
 * :meth:`Attack.evaluation_metrics`: extra metrics on the global model (a backdoor's success rate).
 
 Attacks know nothing of the ledger or of configuration files: they take and return tensors, and
@@ -175,6 +177,11 @@ class Attack(ABC):
             forger: Makes or fetches submissions for the attack.
         """
         return []
+
+    def tamper_payload(self, payload: bytes, *, generator: torch.Generator) -> bytes:
+        """The bytes a malicious client signs and sends instead of its encoded ``payload``
+        (attacks on the encoding itself); the default sends ``payload`` unchanged."""
+        return payload
 
     def evaluation_metrics(
         self, evaluate: Callable[[Tensor, Tensor], Mapping[str, float]], features: Tensor, targets: Tensor

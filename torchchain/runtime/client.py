@@ -8,7 +8,7 @@ against, signed with the client's Ed25519 key.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -172,6 +172,7 @@ class Client:
         seconds: dict[str, float] | None = None,
         codec: Codec | None = None,
         generator: torch.Generator | None = None,
+        tamper: Callable[[bytes], bytes] | None = None,
     ) -> Submission:
         """Encode ``update`` with the chain's codec, hash it, and sign the transaction that commits to it.
 
@@ -184,6 +185,8 @@ class Client:
             codec: The chain's codec (default: none, canonical float tensors). A codec that
                 drops coordinates (top-k) runs with error feedback on :attr:`codec_residual`.
             generator: The client's randomness for stochastic rounding.
+            tamper: A malicious client's change to the encoded bytes before it signs them
+                (:meth:`~torchchain.attacks.base.Attack.tamper_payload`).
         """
         codec = NoCodec() if codec is None else codec
         t0 = time.perf_counter()
@@ -195,6 +198,8 @@ class Client:
             payload = update_to_bytes(update)
         else:
             payload = codec.encode(update, seed=seed, generator=rng)
+        if tamper is not None:
+            payload = tamper(payload)
         t1 = time.perf_counter()
         digest = sha256_hex(payload)
         t2 = time.perf_counter()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,10 @@ class Simulation:
             deltas[client.index] = unflatten(poisoned, own)
         seconds["attack"] = time.perf_counter() - start
 
+    def _tamper(self, round: int, index: int) -> Callable[[bytes], bytes]:
+        generator = derive_generator(self.settings.seed, "tamper", round, index)
+        return lambda payload: self.attack.tamper_payload(payload, generator=generator)
+
     def run_round(self, round: int) -> tuple[PreparedBlock, dict[str, float], dict[str, float]]:
         """Run one round; return the node's outcome, per-phase seconds and update norms by client label."""
         seconds: dict[str, float] = {}
@@ -312,6 +316,7 @@ class Simulation:
             c.submit(
                 deltas[c.index], round=round, base_hash=base_hash, seconds=seconds, codec=self.rules.codec,
                 generator=derive_generator(self.settings.seed, "codec", round, c.index),
+                tamper=self._tamper(round, c.index) if c.byzantine else None,
             )
             for c in self.clients
             if not (forging and c.byzantine)
