@@ -74,7 +74,7 @@ STRATEGY_ORDER = (
 )
 ATTACK_ORDER = (
     "none", "signflip", "gaussian", "labelflip", "alie", "ipm", "minmax", "minsum", "mimic",
-    "backdoor", "replay", "sybil",
+    "backdoor", "replay", "sybil", "malformed",
 )
 
 
@@ -475,11 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, help="folder for the runs (default: outputs/robustness/<setting>)")
     parser.add_argument("--rerun", action="store_true", help="run every cell again, ignoring finished runs")
     parser.add_argument("--keep-ledgers", action="store_true", help="keep each run's ledger and checkpoints")
+    parser.add_argument(
+        "--extra", default="", help="space-separated Hydra overrides added to every run, e.g. 'codec=rotate_quantize codec.bits=4'"
+    )
     args = parser.parse_args(argv)
 
     base = settings[args.setting]
     setting = Setting(
-        overrides=base.overrides,
+        overrides=(*base.overrides, *args.extra.split()),
         byzantine=base.byzantine,
         strategies=base.strategies,
         curve_attack=args.curve_attack or base.curve_attack,

@@ -26,6 +26,7 @@ from torchchain.data import TaskData
 from torchchain.errors import ConfigError
 from torchchain.protocol.registry import build_strategy, builtin_strategy_targets
 from torchchain.protocol.retention import updates_kept
+from torchchain.protocol.sampling import sample_size
 from torchchain.protocol.round import max_update_bytes
 from torchchain.updates.serialize import update_to_bytes
 from torchchain.runtime.client import LocalTraining
@@ -427,7 +428,16 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
     trusted = _trusted(cfg)
     # The strategy is built the way every validator and auditor builds it: from the recorded
     # config, by the protocol's allow-list builder (never Hydra).
-    strategy = build_strategy(recorded.get("strategy"), num_clients=clients, num_byzantine=byzantine, trusted=trusted)
+    per_round = sample_size(recorded, clients)
+    rows = clients if per_round is None else per_round  # a round aggregates at most the sampled clients
+    try:
+        strategy = build_strategy(
+            recorded.get("strategy"), num_clients=rows, num_byzantine=min(byzantine, rows), trusted=trusted
+        )
+    except ConfigError as exc:
+        if per_round is None:
+            raise
+        raise ConfigError(f"{exc} (each round aggregates the clients_per_round={per_round} sampled clients)") from None
 
     torch.manual_seed(settings.seed)  # the initial model: the one draw that uses the global stream
     data = _instantiate(cfg.dataset, "dataset", TaskData)

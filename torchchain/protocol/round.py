@@ -26,6 +26,7 @@ from torchchain.protocol.randomness import round_generator, round_randomness
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.registry import build_codec, build_strategy
 from torchchain.protocol.retention import updates_kept
+from torchchain.protocol.sampling import round_sample, sample_size
 from torchchain.protocol.state import decode_state, encode_state
 from torchchain.protocol.submission import RoundContext, Submission, check_submission, check_tensors
 from torchchain.strategies.base import Strategy
@@ -83,6 +84,8 @@ class RoundRules:
             see :mod:`torchchain.protocol.retention`.
         codec: How clients encode updates (:mod:`torchchain.updates.codecs`); recorded in every
             transaction, decoded identically by every node.
+        clients_per_round: How many members a round samples (``None``: all); see
+            :mod:`torchchain.protocol.sampling`.
     """
 
     strategy: Strategy
@@ -90,6 +93,7 @@ class RoundRules:
     max_update_bytes: int
     keep_updates: int | None = None
     codec: Codec = field(default_factory=NoCodec)
+    clients_per_round: int | None = None
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -118,11 +122,20 @@ class RoundRules:
         if clients != len(members):
             raise ConfigError(f"the genesis config records clients={clients} but lists {len(members)} members")
         byzantine = _config_int(config, "byzantine", 0, clients)
-        strategy = build_strategy(config.get("strategy"), num_clients=clients, num_byzantine=byzantine, trusted=trusted)
+        per_round = sample_size(config, clients)
+        # A round aggregates at most the sampled clients, and any of them may be malicious.
+        rows = clients if per_round is None else per_round
+        strategy = build_strategy(
+            config.get("strategy"), num_clients=rows, num_byzantine=min(byzantine, rows), trusted=trusted
+        )
         return cls(
             strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
-            keep_updates=updates_kept(config), codec=build_codec(config.get("codec")),
+            keep_updates=updates_kept(config), codec=build_codec(config.get("codec")), clients_per_round=per_round,
         )
+
+    def sample(self, parent_hash: str) -> frozenset[str]:
+        """The members that may submit in the round building on block ``parent_hash``."""
+        return round_sample(parent_hash, self.members, self.clients_per_round)
 
     def context(self, round: int, base_hash: str, model: Mapping[str, torch.Tensor]) -> RoundContext:
         """What a submission of ``round``, computed against block ``base_hash`` whose model is
@@ -131,6 +144,7 @@ class RoundRules:
         return RoundContext(
             members=self.members, round=round, base_hash=base_hash, template=template,
             max_update_bytes=self.max_update_bytes, codec=self.codec,
+            sampled=None if self.clients_per_round is None else self.sample(base_hash),
         )
 
 

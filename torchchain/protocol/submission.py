@@ -53,6 +53,8 @@ class RoundContext:
         max_update_bytes: Larger payloads are refused unread.
         codec: The chain's update codec; every transaction must name it (its ``tag()``) and
             every payload must decode with it.
+        sampled: The members sampled for this round (:mod:`torchchain.protocol.sampling`), or
+            ``None`` when every member may submit.
     """
 
     members: frozenset[str]
@@ -61,6 +63,7 @@ class RoundContext:
     template: Mapping[str, torch.Tensor]
     max_update_bytes: int
     codec: Codec = field(default_factory=NoCodec)
+    sampled: frozenset[str] | None = None
 
 
 def check_tensors(payload: bytes, template: Mapping[str, torch.Tensor], *, max_bytes: int) -> dict[str, torch.Tensor]:
@@ -93,6 +96,8 @@ def _check_claims(tx: Transaction, context: RoundContext) -> None:
     """The checks that need no signature and no payload: who, when, against what."""
     if tx.client not in context.members:
         raise RejectedUpdate("unknown_client", f"key {tx.client[:12]}… is not a member listed in the genesis block")
+    if context.sampled is not None and tx.client not in context.sampled:
+        raise RejectedUpdate("not_sampled", f"client {tx.client[:12]}… is not in round {context.round}'s sample")
     if tx.round != context.round:
         raise RejectedUpdate(
             "wrong_round", f"transaction is for round {tx.round}, the current round is {context.round} (replayed or stale)"
@@ -142,7 +147,7 @@ def check_submission(submission: Submission, context: RoundContext) -> dict[str,
 
     Raises:
         RejectedUpdate: naming the first check that failed (codes ``unknown_client``,
-            ``wrong_round``, ``stale_base``, ``bad_num_samples``, ``unknown_codec``,
+            ``not_sampled``, ``wrong_round``, ``stale_base``, ``bad_num_samples``, ``unknown_codec``,
             ``bad_signature``, ``oversized``, ``hash_mismatch``, ``malformed``,
             ``tensor_names``, ``shape_mismatch``, ``dtype_mismatch``, ``non_finite``).
     """

@@ -257,14 +257,16 @@ class Simulation:
         )
         return compute_delta(self.model.state_dict(), self.global_state)
 
-    def _local_updates(self, round: int, seconds: dict[str, float]) -> dict[int, dict[str, torch.Tensor]]:
-        """Every client trains from the global model; returns each one's honest delta."""
+    def _local_updates(
+        self, round: int, clients: list[Client], seconds: dict[str, float]
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Each of ``clients`` trains from the global model; returns each one's honest delta."""
         start = time.perf_counter()
         deltas = {
             c.index: self._train_delta(
                 c.data, derive_generator(self.settings.seed, "train", round, c.index), c.momentum_buffers
             )
-            for c in self.clients
+            for c in clients
         }
         seconds["train"] = time.perf_counter() - start
         return deltas
@@ -274,7 +276,7 @@ class Simulation:
     ) -> list[Submission]:
         """What the malicious clients send under an attack on the chain itself: the attack
         decides (:meth:`Attack.forge`); this runtime only lends it a :class:`_ChainForger`."""
-        malicious = [(c.index, deltas[c.index]) for c in self.clients if c.byzantine]
+        malicious = [(c.index, deltas[c.index]) for c in self.clients if c.byzantine and c.index in deltas]
         forger = _ChainForger(self.ledger, seed=self.settings.seed, round=round, base_hash=base_hash)
         forged = self.attack.forge(malicious=malicious, forger=forger)
         for item in forged:
@@ -288,9 +290,13 @@ class Simulation:
             return
         start = time.perf_counter()
         honest = None
+        sampled = [c for c in self.clients if c.index in deltas]
         if self.attack.omniscient:
-            honest = torch.stack([flatten(deltas[c.index]) for c in self.clients if not c.byzantine])
-        for client in self.clients:
+            rows = [flatten(deltas[c.index]) for c in sampled if not c.byzantine]
+            if not rows:  # no honest client in this round's sample: nothing to hide among
+                return
+            honest = torch.stack(rows)
+        for client in sampled:
             if not client.byzantine:
                 continue
             own = deltas[client.index]
@@ -308,9 +314,12 @@ class Simulation:
         """Run one round; return the node's outcome, per-phase seconds and update norms by client label."""
         seconds: dict[str, float] = {}
         base_hash = self.ledger.head.hash
-        deltas = self._local_updates(round, seconds)
+        # Only the round's sample trains: unsampled clients cost nothing.
+        sample = self.rules.sample(base_hash)
+        sampled = [c for c in self.clients if c.public_key in sample]
+        deltas = self._local_updates(round, sampled, seconds)
         self._poison(round, deltas, seconds)
-        norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in self.clients}
+        norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in sampled}
         forging = self.attack.forges_transactions
         submissions: list[Submission] = [
             c.submit(
@@ -318,7 +327,7 @@ class Simulation:
                 generator=derive_generator(self.settings.seed, "codec", round, c.index),
                 tamper=self._tamper(round, c.index) if c.byzantine else None,
             )
-            for c in self.clients
+            for c in sampled
             if not (forging and c.byzantine)
         ]
         if forging:

@@ -1,0 +1,88 @@
+"""clients_per_round: a sample every node derives from the parent block; unsampled clients cost nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchchain.chain.block import Transaction
+from torchchain.chain.crypto import SigningKey, sha256_hex
+from torchchain.chain.ledger import Ledger
+from torchchain.errors import ConfigError
+from torchchain.experiment import run
+from torchchain.protocol.audit import audit_ledger
+from torchchain.protocol.sampling import round_sample, sample_size
+from torchchain.protocol.submission import RoundContext, Submission, select_submissions
+from torchchain.updates.serialize import update_to_bytes
+
+from composing import FAST, compose_config
+
+MEMBERS = [SigningKey.from_seed_material(f"sample-test/{i}") for i in range(12)]
+KEYS = sorted(k.public_key for k in MEMBERS)
+
+
+def test_the_sample_is_a_function_of_the_parent_hash() -> None:
+    first = round_sample("11" * 32, KEYS, 4)
+    assert len(first) == 4 and first <= set(KEYS)
+    assert round_sample("11" * 32, reversed(KEYS), 4) == first  # member order does not matter
+    others = {round_sample(f"{i:02x}" * 32, KEYS, 4) for i in range(20)}
+    assert len(others) > 10  # different parents, different samples
+    assert round_sample("11" * 32, KEYS, None) == frozenset(KEYS)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), (12, None), (1.0, None), (5, 5), (0.25, 3), (0.01, 1)]
+)
+def test_sample_size_takes_counts_and_fractions(value, expected) -> None:
+    assert sample_size({"clients_per_round": value}, 12) == expected
+
+
+@pytest.mark.parametrize("value", [0, 13, -1, 0.0, 1.5, float("nan"), True, "half"])
+def test_sample_size_refuses_other_values(value) -> None:
+    with pytest.raises(ConfigError, match="clients_per_round"):
+        sample_size({"clients_per_round": value}, 12)
+
+
+def test_an_unsampled_member_is_rejected() -> None:
+    parent = "22" * 32
+    sample = round_sample(parent, KEYS, 3)
+    template = {"w": torch.zeros(3)}
+    context = RoundContext(
+        members=frozenset(KEYS), round=1, base_hash=parent, template=template, max_update_bytes=1 << 16, sampled=sample
+    )
+    payload = update_to_bytes({"w": torch.ones(3)})
+    subs = []
+    for key in MEMBERS:
+        tx = Transaction(client=key.public_key, round=1, base_hash=parent, update_hash=sha256_hex(payload), num_samples=1)
+        subs.append(Submission(tx.signed(key), payload))
+    selection = select_submissions(subs, context)
+    assert {tx.client for tx, _, _ in selection.accepted} == sample
+    assert {code for _, code, _ in selection.rejected} == {"not_sampled"} and len(selection.rejected) == 9
+
+
+def test_a_sampled_run_trains_only_the_sample_and_audits(tmp_path, monkeypatch) -> None:
+    from torchchain.runtime.simulation import Simulation
+
+    trained = []
+    original = Simulation._train_delta
+
+    def count(self, data, generator, momentum_buffers):
+        trained.append(1)
+        return original(self, data, generator, momentum_buffers)
+
+    monkeypatch.setattr(Simulation, "_train_delta", count)
+    summary = run(compose_config([*FAST, "clients=12", "clients_per_round=3", "rounds=4", "attack=signflip"]), tmp_path)
+    assert len(trained) == 3 * 4  # unsampled clients cost nothing
+    ledger = Ledger.open(tmp_path / "ledger")
+    members = ledger.members
+    for block in ledger.iter_blocks(1):
+        sample = round_sample(block.header.prev_hash, members, 3)
+        assert {tx.client for tx in block.transactions} <= sample
+    assert summary["rejected"] == 0
+    assert len(audit_ledger(tmp_path / "ledger").rounds) == 4
+
+
+def test_a_rule_that_cannot_run_on_the_sample_is_refused_before_training(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="clients_per_round=4"):
+        run(compose_config([*FAST, "clients=10", "clients_per_round=4", "strategy=krum", "byzantine=2"]), tmp_path)
+    assert not (tmp_path / "ledger").exists()
