@@ -132,3 +132,144 @@ def test_pow_does_not_import_the_block_module() -> None:
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert not {m for m in imported if m.startswith("torchchain.chain")}, imported
+
+
+# --- mining with several worker processes -------------------------------------------------------
+
+
+@pytest.fixture
+def parallel_at_any_difficulty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lets ``workers > 1`` start processes even at the small difficulties that keep tests fast
+    (by default those are searched in the calling process)."""
+    import torchchain.chain.pow as pow_module
+
+    monkeypatch.setattr(pow_module, "_PARALLEL_MIN_BITS", 0)
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+@pytest.mark.parametrize(("bits", "time_ms"), [(8, 1), (10, 2), (12, 3), (13, 4), (14, 5)])
+def test_several_workers_find_the_same_nonce_as_one(bits: int, time_ms: int) -> None:
+    prefix = _header(bits, time_ms).prefix_bytes()
+    single = mine_nonce(prefix, bits)
+    assert mine_nonce(prefix, bits, workers=2) == single
+    assert mine_nonce(prefix, bits, workers=3) == single
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+def test_mine_header_with_workers_gives_the_same_block() -> None:
+    header = _header(12, time_ms=6)
+    assert mine(header, workers=4) == mine(header)
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+@pytest.mark.parametrize("offset", [1, 200, 256, 257, 5000])
+def test_several_workers_honour_start_nonce(offset: int) -> None:
+    # Starts inside a 256-nonce batch, on a batch boundary and after the first nonce that works;
+    # the search must neither skip the start's batch nor return a nonce below the start.
+    bits = 10
+    prefix = _header(bits, time_ms=7).prefix_bytes()
+    first = mine_nonce(prefix, bits)
+    start = first + offset
+    single = mine_nonce(prefix, bits, start_nonce=start)
+    assert single >= start
+    assert mine_nonce(prefix, bits, start_nonce=start, workers=2) == single
+    assert mine_nonce(prefix, bits, start_nonce=start, workers=5) == single
+    # A start on the nonce itself returns it.
+    assert mine_nonce(prefix, bits, start_nonce=single, workers=3) == single
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+def test_several_workers_at_the_top_of_the_nonce_range() -> None:
+    prefix = b"torchchain"
+    # Workers whose batches would lie past 2**64 - 1 have nothing to search.
+    with pytest.raises(LedgerError, match="no nonce"):
+        mine_nonce(prefix, 32, start_nonce=2**64 - 1, workers=4)
+    start = 2**64 - 2048
+    assert mine_nonce(prefix, 4, start_nonce=start, workers=3) == mine_nonce(prefix, 4, start_nonce=start)
+
+
+def test_workers_at_the_default_threshold_find_the_same_nonce() -> None:
+    # Unpatched: 18 bits is the smallest difficulty at which workers > 1 start processes.
+    import torchchain.chain.pow as pow_module
+
+    bits = pow_module._PARALLEL_MIN_BITS
+    prefix = _header(bits, time_ms=8).prefix_bytes()
+    assert mine_nonce(prefix, bits, workers=2) == mine_nonce(prefix, bits)
+
+
+def test_small_difficulties_are_mined_in_the_calling_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchchain.chain.pow as pow_module
+
+    def no_processes(*args: object) -> None:
+        raise AssertionError("started worker processes for a small difficulty")
+
+    monkeypatch.setattr(pow_module, "_search_in_processes", no_processes)
+    prefix = _header(12).prefix_bytes()
+    assert mine_nonce(prefix, 12, workers=8) == mine_nonce(prefix, 12)
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+def test_spawned_workers_find_the_same_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where fork is not used (macOS, Windows), workers are spawned: they import pow afresh.
+    import multiprocessing
+
+    import torchchain.chain.pow as pow_module
+
+    monkeypatch.setattr(pow_module, "_context", lambda: multiprocessing.get_context("spawn"))
+    prefix = _header(10, time_ms=9).prefix_bytes()
+    assert mine_nonce(prefix, 10, start_nonce=3, workers=2) == mine_nonce(prefix, 10, start_nonce=3)
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+def test_a_failing_worker_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    import torchchain.chain.pow as pow_module
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs fork, which carries the patched search into the workers")
+    monkeypatch.setattr(pow_module, "_context", lambda: multiprocessing.get_context("fork"))
+
+    def broken(*args: object) -> None:
+        raise OSError("simulated worker failure")
+
+    monkeypatch.setattr(pow_module, "_search", broken)
+    with pytest.raises(RuntimeError, match="2 of 2 mining processes failed"):
+        mine_nonce(b"x", 8, workers=2)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257, True, 2.0, "2", None])
+def test_mine_nonce_refuses_bad_worker_counts(workers: object) -> None:
+    with pytest.raises(ValueError, match="workers"):
+        mine_nonce(b"x", 8, workers=workers)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        mine(_header(8), workers=workers)  # type: ignore[arg-type]
+
+
+def test_mine_nonce_accepts_the_largest_worker_count() -> None:
+    # 256 is allowed; at this difficulty it is searched in the calling process.
+    assert mine_nonce(b"x", 8, workers=256) == mine_nonce(b"x", 8)
+
+
+def test_the_worker_module_does_not_import_torch() -> None:
+    # A spawned worker imports torchchain.chain.pow (and the packages above it) and nothing
+    # else of the parent's; that must not pull in torch.
+    import subprocess
+    import sys
+
+    code = "import sys, torchchain.chain.pow; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.usefixtures("parallel_at_any_difficulty")
+def test_make_genesis_and_make_block_mine_the_same_blocks_with_workers() -> None:
+    from torchchain.chain.block import make_block, make_genesis
+    from torchchain.chain.crypto import SigningKey
+
+    key = SigningKey.generate(b"\x01" * 32)
+    common = {"members": [key.public_key], "config": {"x": 1}, "model_hash": "6" * 64, "miner": key, "difficulty": 10}
+    genesis = make_genesis(**common, time_ms=1)
+    assert make_genesis(**common, time_ms=1, workers=2) == genesis
+    follow = {"prev": genesis, "round": 1, "transactions": [], "meta": {}, "model_hash": "7" * 64}
+    block = make_block(**follow, miner=key, difficulty=10, time_ms=2)
+    assert make_block(**follow, miner=key, difficulty=10, time_ms=2, workers=3) == block

@@ -497,13 +497,23 @@ def genesis_info(block: Block) -> GenesisInfo:
 _GENESIS_META_KEYS = frozenset({"members", "miners", "config"})
 
 
-def mine_header(header: BlockHeader, *, start_nonce: int = 0) -> BlockHeader:
+def mine_header(header: BlockHeader, *, start_nonce: int = 0, workers: int = 1) -> BlockHeader:
     """``header`` with the first nonce at or above ``start_nonce`` that meets its difficulty
-    (:func:`torchchain.chain.pow.mine_nonce` over :meth:`BlockHeader.prefix_bytes`)."""
-    return header.with_nonce(mine_nonce(header.prefix_bytes(), header.difficulty, start_nonce=start_nonce))
+    (:func:`torchchain.chain.pow.mine_nonce` over :meth:`BlockHeader.prefix_bytes`), searched
+    by ``workers`` processes; the nonce does not depend on ``workers``."""
+    return header.with_nonce(
+        mine_nonce(header.prefix_bytes(), header.difficulty, start_nonce=start_nonce, workers=workers)
+    )
 
 
-def _seal(header: BlockHeader, transactions: tuple[Transaction, ...], meta: dict[str, Any], key: SigningKey) -> Block:
+def _seal(
+    header: BlockHeader,
+    transactions: tuple[Transaction, ...],
+    meta: dict[str, Any],
+    key: SigningKey,
+    *,
+    workers: int = 1,
+) -> Block:
     """Checks the block's size, then mines and signs it: a node never mines a block it would refuse."""
     if key.public_key != header.miner:
         raise ValueError("the signing key must be the header's miner")
@@ -513,7 +523,7 @@ def _seal(header: BlockHeader, transactions: tuple[Transaction, ...], meta: dict
         raise SerializationError(
             f"the block would be {size} bytes, over the limit of {MAX_BLOCK_BYTES} bytes that every node enforces"
         )
-    block = Block(header=mine_header(header), transactions=transactions, meta=meta)
+    block = Block(header=mine_header(header, workers=workers), transactions=transactions, meta=meta)
     return block.signed(key)
 
 
@@ -535,6 +545,7 @@ def make_genesis(
     difficulty: int,
     time_ms: int,
     miners: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> Block:
     """Builds, mines and signs the genesis block of a run.
 
@@ -547,6 +558,8 @@ def make_genesis(
         time_ms: Creation time, milliseconds since the Unix epoch.
         miners: Public keys allowed to mine blocks of this chain (any order; stored sorted);
             default: ``miner``'s alone. ``miner`` must be one of them.
+        workers: Processes to mine with (:func:`torchchain.chain.pow.mine_nonce`); the block
+            does not depend on it.
 
     Raises:
         SerializationError: A key is malformed or repeated, ``miner`` is not among ``miners``,
@@ -575,7 +588,7 @@ def make_genesis(
         miner=miner.public_key,
         nonce=0,
     )
-    return _seal(header, (), meta, miner)
+    return _seal(header, (), meta, miner, workers=workers)
 
 
 def make_block(
@@ -588,12 +601,15 @@ def make_block(
     miner: SigningKey,
     difficulty: int,
     time_ms: int,
+    workers: int = 1,
 ) -> Block:
     """Builds, mines and signs the block that follows ``prev``.
 
     The Merkle root covers the transactions' hashes in the order given; the config hash is
     copied from ``prev``. Whether the block is acceptable (members, miners, signatures, rounds)
     is the ledger's check, not this function's; its size is checked here, before mining.
+    ``workers`` processes mine it (:func:`torchchain.chain.pow.mine_nonce`); the block does not
+    depend on their number.
 
     Raises:
         SerializationError: A field is out of range, ``meta`` is not a JSON object, or the
@@ -615,4 +631,4 @@ def make_block(
         miner=miner.public_key,
         nonce=0,
     )
-    return _seal(header, transactions, meta_copy, miner)
+    return _seal(header, transactions, meta_copy, miner, workers=workers)
