@@ -213,6 +213,16 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: for the first bad value.
     """
     steps = cfg.get("local_steps")
+    # runtime.executor / runtime.batch_clients: local, so a resumed run's older config.yaml may lack them.
+    executor = OmegaConf.select(cfg, "runtime.executor", default="auto")
+    if executor not in ("auto", "sequential", "batched"):
+        raise ConfigError(f"runtime.executor must be one of auto, sequential, batched; got {executor!r}")
+    batch_clients = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
+    if OmegaConf.select(cfg, "runtime.batch_clients", default=...) is not ...:
+        batch_clients = _positive_int(cfg, "runtime.batch_clients", maximum=100_000)
+    mine_workers = 1
+    if OmegaConf.select(cfg, "runtime.mine_workers", default=...) is not ...:
+        mine_workers = _positive_int(cfg, "runtime.mine_workers", maximum=256)
     return {
         "clients": _positive_int(cfg, "clients"),
         "rounds": _positive_int(cfg, "rounds"),
@@ -232,6 +242,9 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         ),
         "runtime.eval_every": _positive_int(cfg, "runtime.eval_every"),
         "runtime.progress": _flag(cfg, "runtime.progress"),
+        "runtime.executor": executor,
+        "runtime.batch_clients": batch_clients,
+        "runtime.mine_workers": mine_workers,
         "chain.keep_updates": updates_kept({"chain": {"keep_updates": OmegaConf.select(cfg, "chain.keep_updates", default="all")}}),
     }
 
@@ -259,6 +272,9 @@ def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: st
         difficulty=checked["chain.difficulty"],
         eval_every=checked["runtime.eval_every"],
         progress=checked["runtime.progress"],
+        executor=checked["runtime.executor"],
+        batch_clients=checked["runtime.batch_clients"],
+        mine_workers=checked["runtime.mine_workers"],
     )
 
 

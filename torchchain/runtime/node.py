@@ -78,13 +78,17 @@ class Node:
         rules: The chain's rules (:meth:`RoundRules.from_genesis` of the ledger's genesis).
         key: The node's own key; it must be one of the genesis block's miners.
         difficulty: Proof-of-work difficulty in leading zero bits (the genesis difficulty).
+        mine_workers: Processes that split the nonce search (local; the block is the same).
     """
 
-    def __init__(self, *, ledger: Ledger, rules: RoundRules, key: SigningKey, difficulty: int) -> None:
+    def __init__(
+        self, *, ledger: Ledger, rules: RoundRules, key: SigningKey, difficulty: int, mine_workers: int = 1
+    ) -> None:
         self.ledger = ledger
         self.rules = rules
         self.key = key
         self.difficulty = difficulty
+        self.mine_workers = mine_workers
         self.round_state = self._head_state()
         #: Bytes of the ledger folder (block files and blobs), kept up to date by :meth:`commit`.
         self.ledger_bytes = ledger.disk_bytes()
@@ -154,6 +158,7 @@ class Node:
             miner=self.key,
             difficulty=self.difficulty,
             time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
+            workers=self.mine_workers,
         )
         seconds["mine"] = time.perf_counter() - start
         return PreparedBlock(

@@ -34,6 +34,7 @@ from torchchain.protocol.round import RoundRules
 from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
+from torchchain.runtime.executor import LocalExecutor, train_batched
 from torchchain.runtime.node import Node, PreparedBlock
 from torchchain.telemetry import RunWriter
 from torchchain.updates.delta import compute_delta, flatten, unflatten
@@ -59,6 +60,11 @@ class SimulationSettings:
         difficulty: Proof-of-work difficulty in leading zero bits.
         eval_every: Evaluate the global model every this many rounds (and always at the last).
         progress: Show a progress bar.
+        executor: How a round's clients train: ``"auto"``, ``"sequential"`` or ``"batched"``
+            (:mod:`torchchain.runtime.executor`); a local setting, not part of the protocol.
+        batch_clients: Most clients the batched executor trains in one vmapped chunk.
+        mine_workers: Processes that split the proof-of-work nonce search (the block found is
+            the same for any count).
     """
 
     clients: int
@@ -73,6 +79,9 @@ class SimulationSettings:
     difficulty: int = 16
     eval_every: int = 1
     progress: bool = True
+    executor: str = "auto"
+    batch_clients: int = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
+    mine_workers: int = 1
 
 
 def derive_generator(seed: int, *parts: object) -> torch.Generator:
@@ -159,6 +168,7 @@ class Simulation:
                 miner=node_key,
                 difficulty=settings.difficulty,
                 time_ms=int(time.time() * 1000),
+                workers=settings.mine_workers,
             )
             self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
 
@@ -189,7 +199,12 @@ class Simulation:
             self.clients.append(Client(index=i, key=keys[i], data=split, byzantine=i in malicious, momentum_buffers={}))
         if resuming:
             self._restore(config)
-        self.node = Node(ledger=self.ledger, rules=self.rules, key=node_key, difficulty=settings.difficulty)
+        self.node = Node(
+            ledger=self.ledger, rules=self.rules, key=node_key, difficulty=settings.difficulty,
+            mine_workers=settings.mine_workers,
+        )
+        # How clients train is local: it changes speed and the last bits of updates, not the protocol.
+        self.executor = LocalExecutor(settings.executor, batch_clients=settings.batch_clients)
         self._labels = {c.public_key: c.label for c in self.clients}
 
     def close(self) -> None:
@@ -262,12 +277,18 @@ class Simulation:
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Each of ``clients`` trains from the global model; returns each one's honest delta."""
         start = time.perf_counter()
-        deltas = {
-            c.index: self._train_delta(
-                c.data, derive_generator(self.settings.seed, "train", round, c.index), c.momentum_buffers
+        executor = self.executor
+        generators = [derive_generator(self.settings.seed, "train", round, c.index) for c in clients]
+        training = self.settings.training
+        if executor.use_batched(self.model, [c.data for c in clients], task=training.task, device=self.settings.device):
+            updates = train_batched(
+                self.model, self.global_state, [c.data for c in clients], training,
+                device=self.settings.device, generators=generators,
+                momentum_buffers=[c.momentum_buffers for c in clients], batch_clients=executor.batch_clients,
             )
-            for c in clients
-        }
+            deltas = {c.index: delta for c, delta in zip(clients, updates)}
+        else:
+            deltas = {c.index: self._train_delta(c.data, g, c.momentum_buffers) for c, g in zip(clients, generators)}
         seconds["train"] = time.perf_counter() - start
         return deltas
 
