@@ -447,6 +447,9 @@ class Ledger:
         self._tree = tree
         self._lock = lock
         self._cache: dict[str, Block] = {genesis.hash: genesis}
+        # Bytes of block files and blobs: counted once by disk_bytes(), then kept up to date by
+        # this object's own writes and deletions (a writer holds the lock, so nobody else writes).
+        self._disk_bytes: int | None = None
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -729,6 +732,7 @@ class Ledger:
         path = self.blob_path(digest)
         if not path.is_file():
             write_atomic(path, data)
+            self._count(len(data))
         return digest
 
     def delete_blob(self, digest: str) -> int:
@@ -747,15 +751,25 @@ class Ledger:
             return 0
         except OSError as exc:
             raise LedgerError(f"cannot delete blob {digest[:12]}: {exc.strerror or exc}") from exc
+        self._count(-size)
         return size
 
     def disk_bytes(self) -> int:
-        """The bytes of every block file and blob stored (one pass over the folder)."""
-        total = 0
-        for folder in (BLOCKS_DIR, BLOBS_DIR):
-            with os.scandir(self._path / folder) as entries:
-                total += sum(e.stat(follow_symlinks=False).st_size for e in entries if e.is_file(follow_symlinks=False))
-        return total
+        """The bytes of every block file and blob stored. The folder is walked once; after that a
+        writer keeps the figure up to date with its own writes and deletions."""
+        if self._disk_bytes is None or not self.writable:
+            total = 0
+            for folder in (BLOCKS_DIR, BLOBS_DIR):
+                with os.scandir(self._path / folder) as entries:
+                    total += sum(
+                        e.stat(follow_symlinks=False).st_size for e in entries if e.is_file(follow_symlinks=False)
+                    )
+            self._disk_bytes = total
+        return self._disk_bytes
+
+    def _count(self, delta: int) -> None:
+        if self._disk_bytes is not None:
+            self._disk_bytes += delta
 
     def get_blob(self, digest: str, *, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
         """Reads the blob named ``digest`` and checks that its content hashes to the name.
@@ -822,7 +836,9 @@ class Ledger:
             for digest in blobs:
                 if not self.has_blob(digest):
                     raise LedgerError(f"blob {str(digest)[:12]} the block refers to is not stored; put_blob it first")
-            write_atomic(self._path / BLOCKS_DIR / name, block.to_bytes())
+            data = block.to_bytes()
+            write_atomic(self._path / BLOCKS_DIR / name, data)
+            self._count(len(data))
         except LedgerError as exc:
             raise LedgerError(exc.reason, block=name) from None
         reorg = self._tree.add(block.header)

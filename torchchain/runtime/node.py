@@ -90,8 +90,6 @@ class Node:
         self.difficulty = difficulty
         self.mine_workers = mine_workers
         self.round_state = self._head_state()
-        #: Bytes of the ledger folder (block files and blobs), kept up to date by :meth:`commit`.
-        self.ledger_bytes = ledger.disk_bytes()
 
     def _head_state(self) -> dict[str, torch.Tensor]:
         head = self.ledger.head
@@ -170,15 +168,17 @@ class Node:
         """Store the block's blobs, append it (atomically: whole or absent), then advance the round state."""
         start = time.perf_counter()
         for blob in prepared.blobs:
-            if not self.ledger.has_blob(sha256_hex(blob)):
-                self.ledger_bytes += len(blob)
             self.ledger.put_blob(blob)
         record = RoundRecord.from_block(prepared.block)
         self.ledger.append(prepared.block, blobs=[digest for digest, _ in record.blobs()])
-        self.ledger_bytes += len(prepared.block.to_bytes())
         self.round_state = prepared.result.state
-        self.ledger_bytes -= self._prune()
+        self._prune()
         prepared.seconds["write"] = time.perf_counter() - start
+
+    @property
+    def ledger_bytes(self) -> int:
+        """Bytes of the ledger folder (block files and blobs)."""
+        return self.ledger.disk_bytes()
 
     def _prune(self) -> int:
         """Apply the chain's retention rule: delete the update blobs of the block that just left
