@@ -18,3 +18,28 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The config ``python train.py <overrides>`` would run, composed without starting a job."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []))
+
+
+class Stopped(Exception):
+    """Stands in for the process dying."""
+
+
+def run_stopped_before(round_: int, overrides: list[str], run_dir: Path, monkeypatch) -> None:
+    """Run ``python train.py <overrides>`` into ``run_dir`` and stop it as it starts round ``round_``
+    (as if the process died there), leaving the ledger with ``round_ - 1`` blocks."""
+    import pytest
+
+    from torchchain.experiment import run
+    from torchchain.runtime.simulation import Simulation
+
+    original = Simulation.run_round
+
+    def run_round(self, round):
+        if round == round_:
+            raise Stopped
+        return original(self, round)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Simulation, "run_round", run_round)
+        with pytest.raises(Stopped):
+            run(compose_config(overrides), run_dir)

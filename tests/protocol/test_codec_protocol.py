@@ -19,7 +19,7 @@ from torchchain.strategies import FedAvg
 from torchchain.updates.codecs import Quantize, RotateQuantize, codec_seed
 from torchchain.updates.serialize import update_to_bytes
 
-from composing import FAST, compose_config
+from composing import FAST, compose_config, run_stopped_before
 
 KEYS = [SigningKey.from_seed_material(f"codec-test/{i}") for i in range(3)]
 TEMPLATE = {"w": torch.zeros(64, 8), "b": torch.zeros(8)}
@@ -100,25 +100,9 @@ def test_quantized_updates_are_smaller_and_the_summary_says_how_much(tmp_path) -
 
 
 def test_topk_error_feedback_survives_resume(tmp_path, monkeypatch) -> None:
-    from torchchain.runtime.simulation import Simulation
-
     settings = [*FAST, "rounds=4", "clients=4", "codec=topk", "codec.fraction=0.05"]
     reference = run(compose_config(settings), tmp_path / "reference")
-
-    class Stop(Exception):
-        pass
-
-    original = Simulation.run_round
-
-    def run_round(self, round):
-        if round == 3:
-            raise Stop
-        return original(self, round)
-
-    monkeypatch.setattr(Simulation, "run_round", run_round)
-    with pytest.raises(Stop):
-        run(compose_config(settings), tmp_path / "stopped")
-    monkeypatch.setattr(Simulation, "run_round", original)
+    run_stopped_before(3, settings, tmp_path / "stopped", monkeypatch)
     resumed = run(compose_config([*FAST, f"resume={tmp_path / 'stopped'}"]), tmp_path / "unused")
     # The residual each client had not sent yet came back from the checkpoint: same final model.
     assert resumed["model_hash"] == reference["model_hash"]

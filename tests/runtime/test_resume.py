@@ -9,9 +9,8 @@ from torchchain.chain.ledger import Ledger
 from torchchain.chain.verify import verify_ledger
 from torchchain.experiment import run
 from torchchain.runtime.node import Node
-from torchchain.runtime.simulation import Simulation
 
-from composing import FAST, compose_config
+from composing import FAST, compose_config, run_stopped_before
 
 # A stateful strategy, client momentum and an attack: everything a checkpoint must carry.
 SETTINGS = [*FAST, "rounds=5", "clients=6", "strategy=centered_clipping", "momentum=0.9", "lr=0.05", "attack=signflip"]
@@ -31,18 +30,8 @@ def _resume(run_dir):
 
 
 def test_stop_between_rounds_then_resume(tmp_path, monkeypatch, reference):
-    original = Simulation.run_round
-
-    def run_round(self, round):
-        if round == 3:
-            raise Stop
-        return original(self, round)
-
-    monkeypatch.setattr(Simulation, "run_round", run_round)
-    with pytest.raises(Stop):
-        run(compose_config(SETTINGS), tmp_path)
+    run_stopped_before(3, SETTINGS, tmp_path, monkeypatch)
     assert Ledger.open(tmp_path / "ledger").height == 2
-    monkeypatch.setattr(Simulation, "run_round", original)
     resumed = _resume(tmp_path)
     assert resumed["model_hash"] == reference["model_hash"]
     assert verify_ledger(tmp_path / "ledger").height == 5
