@@ -24,13 +24,15 @@ from torchchain.chain.ledger import Ledger, write_atomic
 from torchchain.attacks.none import NoAttack
 from torchchain.data import TaskData
 from torchchain.errors import ConfigError
+from torchchain.protocol.privacy import PrivacyRules
 from torchchain.protocol.registry import build_strategy, builtin_strategy_targets
 from torchchain.protocol.retention import updates_kept
-from torchchain.protocol.sampling import sample_size
 from torchchain.protocol.round import max_update_bytes
-from torchchain.updates.serialize import update_to_bytes
+from torchchain.protocol.sampling import sample_size
 from torchchain.runtime.client import LocalTraining
+from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.simulation import Simulation, SimulationSettings
+from torchchain.updates.serialize import update_to_bytes
 from torchchain.strategies.base import Strategy
 from torchchain.telemetry import RunWriter
 
@@ -42,7 +44,7 @@ DEFAULT_BYZANTINE_FRACTION = 0.2
 #: Local settings: where this node runs and how it shows the run, not what the chain computes.
 #: They are left out of the genesis config, so machines with other paths or devices can hold
 #: the same chain, and ``resume=`` may change them.
-LOCAL_KEYS = ("resume", "runtime", "device", "dataset.root", "dataset.download")
+LOCAL_KEYS = ("resume", "runtime", "device", "dataset.root", "dataset.download", "privacy.noise_seed")
 
 
 def resolve_byzantine(byzantine: int | float | None, clients: int, *, attack_set: bool) -> int:
@@ -200,6 +202,23 @@ def _partition_kind(cfg: DictConfig) -> str:
     return kind
 
 
+def _privacy(cfg: DictConfig, executor: str) -> LocalPrivacy:
+    """The client-side privacy mechanism, after checking the protocol's privacy rules too."""
+    section = cfg.get("privacy")
+    privacy = None if section is None else OmegaConf.to_container(section, resolve=True)
+    if privacy is not None and not isinstance(privacy, dict):
+        raise ConfigError("privacy must be a config group (privacy=none | client_dp | dpsgd)")
+    protocol = {key: cfg.get(key) for key in ("batch_size", "local_epochs", "local_steps")}
+    PrivacyRules.from_config({**protocol, "privacy": privacy}, ())
+    local = LocalPrivacy.from_config(privacy, noise_seed=None if privacy is None else privacy.get("noise_seed"))
+    if local.kind == "dpsgd" and executor == "batched":
+        raise ConfigError(
+            "privacy=dpsgd trains each client with Opacus one after another; runtime.executor=batched "
+            "cannot run it: use runtime.executor=auto or sequential"
+        )
+    return local
+
+
 def _check_config(cfg: DictConfig) -> dict[str, Any]:
     """Check every plain value of the config that needs no data, model or device; return them, typed.
 
@@ -223,6 +242,7 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
     mine_workers = 1
     if OmegaConf.select(cfg, "runtime.mine_workers", default=...) is not ...:
         mine_workers = _positive_int(cfg, "runtime.mine_workers", maximum=256)
+    privacy = _privacy(cfg, executor)
     return {
         "clients": _positive_int(cfg, "clients"),
         "rounds": _positive_int(cfg, "rounds"),
@@ -245,6 +265,7 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         "runtime.executor": executor,
         "runtime.batch_clients": batch_clients,
         "runtime.mine_workers": mine_workers,
+        "privacy": privacy,
         "chain.keep_updates": updates_kept({"chain": {"keep_updates": OmegaConf.select(cfg, "chain.keep_updates", default="all")}}),
     }
 
@@ -275,6 +296,7 @@ def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: st
         executor=checked["runtime.executor"],
         batch_clients=checked["runtime.batch_clients"],
         mine_workers=checked["runtime.mine_workers"],
+        privacy=checked["privacy"],
     )
 
 

@@ -17,7 +17,10 @@ from torchchain.attacks.mimic import Mimic
 from torchchain.attacks.minmax import MinMax
 from torchchain.attacks.minsum import MinSum
 from torchchain.attacks.none import NoAttack
+from torchchain.attacks.optimal_alie import OptimalALIE
+from torchchain.attacks.optimal_ipm import OptimalIPM
 from torchchain.attacks.replay import Replay
+from torchchain.attacks.rop import ROP
 from torchchain.attacks.signflip import SignFlip
 from torchchain.attacks.sybil import Sybil
 
@@ -34,12 +37,19 @@ __all__ = [
     "MinMax",
     "MinSum",
     "NoAttack",
+    "OptimalALIE",
+    "OptimalIPM",
+    "ROP",
     "Replay",
     "SignFlip",
     "Sybil",
 ]
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil, MalformedEncoding)
+    cls.name: cls
+    for cls in (
+        NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil,
+        MalformedEncoding, ROP, OptimalALIE, OptimalIPM,
+    )
 }
 """Every built-in attack by the name a configuration selects it with (``attack=alie``)."""

@@ -10,14 +10,19 @@ points of a round:
   also see the honest clients' updates of the same round, the strongest threat model used in
   the literature.
 
-Two more hooks let an attack own behaviour the runtime only wires:
+More hooks let an attack own behaviour the runtime only wires:
 
 * :meth:`Attack.forge` (attacks with ``forges_transactions = True``): the submissions the
   malicious clients send instead of their own, made through a :class:`Forger` the runtime lends
   (resend a genuine earlier submission, sign with a fresh identity);
 * :meth:`Attack.tamper_payload`: the bytes a malicious client signs instead of its encoded
   update (a malformed encoding);
-* :meth:`Attack.evaluation_metrics`: extra metrics on the global model (a backdoor's success rate).
+* :meth:`Attack.evaluation_metrics`: extra metrics on the global model (a backdoor's success rate);
+* :meth:`Attack.observe_aggregate`: the round's public aggregate, once per round (attacks that
+  learn from history keep it as state);
+* :meth:`Attack.observe_defence` (attacks with ``needs_defence = True``): a function that runs
+  the aggregation rule in use on a candidate set of submissions, so the attack can tune itself
+  against the defence.
 
 Attacks know nothing of the ledger or of configuration files: they take and return tensors, and
 the submissions a :class:`Forger` makes are opaque to them. Every random choice is drawn from the
@@ -36,7 +41,7 @@ from torch import Tensor
 
 from torchchain.errors import ConfigError
 
-__all__ = ["Attack", "Forger"]
+__all__ = ["Attack", "DefenceOracle", "Forger"]
 
 
 class Forger(Protocol):
@@ -49,6 +54,24 @@ class Forger(Protocol):
     def submit_as(self, identity: str, update: Mapping[str, Tensor]) -> object:
         """``update`` signed for this round by a fresh key named ``identity``, which no genesis
         block lists (a Sybil identity); the same name always gives the same key."""
+
+
+class DefenceOracle(Protocol):
+    """What the runtime lends an attack with ``needs_defence``: the round's aggregation rule.
+
+    Called as ``aggregate(submissions)`` or ``aggregate(submissions, generator=g)``: it returns
+    the ``(d,)`` float64 update the aggregation rule in use makes of the ``(m, d)`` float64
+    ``submissions`` (typically the round's honest updates followed by the malicious candidates).
+    It runs on a copy of the rule holding the round state the real round starts from (centered
+    clipping's centre, for one), so calling it changes nothing. ``generator`` is the only
+    randomness the rule uses (bucketing's shuffle); the attack passes one drawn from its own
+    generator. The simulation runtime weighs every row alike (no sample counts), and for a rule
+    that needs the node's reference update (FLTrust), which no client sees, the mean of the
+    round's honest updates stands in for it.
+    """
+
+    def __call__(self, submissions: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The rule's aggregate of ``submissions``."""
 
 
 class Attack(ABC):
@@ -68,6 +91,8 @@ class Attack(ABC):
             runtime then passes them as ``honest``, otherwise ``honest`` is ``None``.
         forges_transactions: ``True`` when the attack targets the ledger (forged, replayed or
             Sybil transactions) rather than the tensors.
+        needs_defence: ``True`` when the attack tunes itself against the aggregation rule; the
+            runtime then calls :meth:`observe_defence` every round before :meth:`poison_update`.
     """
 
     name: ClassVar[str] = "attack"
@@ -75,6 +100,9 @@ class Attack(ABC):
     #: ``True`` for attacks on the chain itself (replay, Sybil): the runtime then builds the
     #: malicious clients' transactions itself and never calls :meth:`poison_update`.
     forges_transactions: ClassVar[bool] = False
+    #: ``True`` for attacks that search their parameters against the defence in use: the runtime
+    #: then lends them the aggregation rule through :meth:`observe_defence` every round.
+    needs_defence: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._num_clients: int | None = None
@@ -195,6 +223,28 @@ class Attack(ABC):
             targets: Their labels.
         """
         return {}
+
+    def observe_aggregate(self, update: Tensor) -> None:
+        """Take note of a round's public aggregate (default: ignore it).
+
+        The runtime calls it once per round, after the round's block is mined and before its
+        checkpoint is written and the block appended, so the :meth:`state_dict` saved with a block
+        includes that block's aggregate. ``update`` is what the block adds to the global model,
+        ``new model - previous model`` over the floating-point tensors, flattened as
+        :func:`~torchchain.updates.delta.flatten` does: anyone holding the ledger can compute it
+        (it is zero when the round kept its parent's model). Attacks that keep it store a copy.
+
+        Args:
+            update: Shape ``(d,)``, float64.
+        """
+
+    def observe_defence(self, aggregate: DefenceOracle) -> None:
+        """Take the function that runs the round's aggregation rule (default: ignore it).
+
+        The runtime calls it every round, before :meth:`poison_update`, for attacks that set
+        :attr:`needs_defence`; ``aggregate`` is valid for that round only (it holds the round
+        state the round starts from). See :class:`DefenceOracle`.
+        """
 
     # ------------------------------------------------------------------ records
 

@@ -3,7 +3,7 @@
 Schema (every key required, nothing else allowed)::
 
     {
-      "version": 1,
+      "version": 2,
       "outcome": "aggregated" | "kept_parent",
       "trust": {client key: float, ...},          # exactly the block's transactions' clients
       "rejected": {
@@ -12,8 +12,9 @@ Schema (every key required, nothing else allowed)::
         "sample": [{"client", "update_hash", "code", "reason"}, ...]   # at most SAMPLE_SIZE
       },
       "randomness": hex,                          # round_randomness(prev_hash, merkle_root)
-      "state": hex | null,                        # blob of the strategy state after the block
-      "reference": hex | null                     # blob of the server's reference update (FLTrust)
+      "state": hex | null,                        # blob of the round state after the block
+      "reference": hex | null,                    # blob of the server's reference update (FLTrust)
+      "privacy": {"epsilon": float} | null        # the largest privacy loss of any member so far
     }
 
 The rejection record is bounded whatever arrives (counts per code plus a fixed-size sample,
@@ -34,7 +35,7 @@ from torchchain.errors import LedgerError
 
 __all__ = ["MAX_REASON_CHARS", "OUTCOMES", "RECORD_VERSION", "SAMPLE_SIZE", "Rejections", "RoundRecord"]
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 #: How many rejections a block lists in full; the rest are only counted by code.
 SAMPLE_SIZE = 32
 #: Longest reason string kept.
@@ -45,7 +46,7 @@ OUTCOMES = ("aggregated", "kept_parent")
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _CODE = re.compile(r"[a-z_]{1,32}")
-_KEYS = frozenset({"version", "outcome", "trust", "rejected", "randomness", "state", "reference"})
+_KEYS = frozenset({"version", "outcome", "trust", "rejected", "randomness", "state", "reference", "privacy"})
 _REJECTED_KEYS = frozenset({"total", "counts", "sample"})
 _ENTRY_KEYS = ("client", "update_hash", "code", "reason")
 _MAX_COUNT = 2**53
@@ -95,6 +96,8 @@ class RoundRecord:
         randomness: The round's seed (:func:`~torchchain.protocol.randomness.round_randomness`).
         state: Blob hash of the strategy state after this block, or ``None`` for a stateless rule.
         reference: Blob hash of the server's reference update, or ``None``.
+        epsilon: The largest privacy loss ε of any member after this block (at the genesis
+            ``privacy.delta``), or ``None`` when the chain keeps no privacy ledger.
     """
 
     outcome: str
@@ -103,6 +106,7 @@ class RoundRecord:
     randomness: str
     state: str | None = None
     reference: str | None = None
+    epsilon: float | None = None
 
     def to_meta(self) -> dict[str, Any]:
         """The block metadata (the schema in the module docstring)."""
@@ -114,6 +118,7 @@ class RoundRecord:
             "randomness": self.randomness,
             "state": self.state,
             "reference": self.reference,
+            "privacy": None if self.epsilon is None else {"epsilon": self.epsilon},
         }
 
     def blobs(self) -> list[tuple[str, str]]:
@@ -153,6 +158,15 @@ class RoundRecord:
         for key in ("state", "reference"):
             if meta[key] is not None and (not isinstance(meta[key], str) or not _HEX.fullmatch(meta[key])):
                 raise LedgerError(f"round record {key!r} must be null or a blob hash (64 lowercase hex characters)")
+        privacy = meta["privacy"]
+        epsilon = None
+        if privacy is not None:
+            if not isinstance(privacy, dict) or set(privacy) != {"epsilon"}:
+                raise LedgerError("round record 'privacy' must be null or exactly {\"epsilon\": number}")
+            epsilon = privacy["epsilon"]
+            if type(epsilon) not in (int, float) or not math.isfinite(epsilon) or epsilon < 0:
+                raise LedgerError("round record 'privacy.epsilon' must be a finite non-negative number")
+            epsilon = float(epsilon)
         return cls(
             outcome=meta["outcome"],
             trust={k: float(v) for k, v in trust.items()},
@@ -160,6 +174,7 @@ class RoundRecord:
             randomness=meta["randomness"],
             state=meta["state"],
             reference=meta["reference"],
+            epsilon=epsilon,
         )
 
 

@@ -22,6 +22,7 @@ import torch
 from torchchain.chain.block import Block, Transaction, merkle_root
 from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import ConfigError, LedgerError, RejectedUpdate, SerializationError
+from torchchain.protocol.privacy import PrivacyRules, split_state
 from torchchain.protocol.randomness import round_generator, round_randomness
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.registry import build_codec, build_strategy
@@ -86,6 +87,8 @@ class RoundRules:
             transaction, decoded identically by every node.
         clients_per_round: How many members a round samples (``None``: all); see
             :mod:`torchchain.protocol.sampling`.
+        privacy: What each accepted update spends of its client's privacy budget; see
+            :mod:`torchchain.protocol.privacy`.
     """
 
     strategy: Strategy
@@ -94,6 +97,7 @@ class RoundRules:
     keep_updates: int | None = None
     codec: Codec = field(default_factory=NoCodec)
     clients_per_round: int | None = None
+    privacy: PrivacyRules = field(default_factory=lambda: PrivacyRules(kind="none", members=()))
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -131,6 +135,7 @@ class RoundRules:
         return cls(
             strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
             keep_updates=updates_kept(config), codec=build_codec(config.get("codec")), clients_per_round=per_round,
+            privacy=PrivacyRules.from_config(config, members),
         )
 
     def sample(self, parent_hash: str) -> frozenset[str]:
@@ -182,6 +187,8 @@ class RoundResult:
         trust: The weight given to each accepted client, by key.
         outcome: ``aggregated``, or ``kept_parent`` when the aggregate was not finite.
         randomness: The round's seed.
+        epsilon: The largest privacy loss of any member after the round, or ``None`` when the
+            chain keeps no privacy ledger.
     """
 
     model: dict[str, torch.Tensor]
@@ -191,6 +198,7 @@ class RoundResult:
     trust: dict[str, float]
     outcome: str
     randomness: str
+    epsilon: float | None = None
 
     @property
     def model_hash(self) -> str:
@@ -215,7 +223,8 @@ def execute_round(
     the accepted updates.
 
     The strategy's state is loaded from ``parent_state`` first, so nothing a previous call left
-    in the strategy object matters. If the aggregate model is not finite (one huge but finite
+    in the strategy object matters. The privacy ledger (:mod:`torchchain.protocol.privacy`)
+    advances by every accepted update, whatever the outcome: its bytes are public either way. If the aggregate model is not finite (one huge but finite
     update can overflow a float32 model), the round keeps the parent's model and state and gives
     every client zero trust (``outcome="kept_parent"``): a node never commits a non-finite model,
     which would make every later honest update fail.
@@ -228,15 +237,18 @@ def execute_round(
     if clients != sorted(set(clients)) or len(inputs.updates) != len(clients):
         raise ValueError("a round's transactions must be sorted by client key, one per client, with one update each")
     strategy = rules.strategy
-    strategy.load_state_dict(dict(parent_state))
+    strategy_state, privacy_state = split_state(parent_state)
+    strategy.load_state_dict(strategy_state)
+    privacy_after = rules.privacy.advance(privacy_state, inputs.transactions)
+    epsilon = rules.privacy.epsilon(privacy_after) if rules.privacy.accounts else None
     randomness = inputs.randomness
     parent = _copy(parent_model)
 
     def keep_parent(outcome: str, trust: dict[str, float]) -> RoundResult:
-        state = _copy(parent_state)
+        state = {**_copy(strategy_state), **privacy_after}
         return RoundResult(
             model=parent, model_bytes=update_to_bytes(parent), state=state, state_bytes=encode_state(state),
-            trust=trust, outcome=outcome, randomness=randomness,
+            trust=trust, outcome=outcome, randomness=randomness, epsilon=epsilon,
         )
 
     if not clients:
@@ -252,11 +264,11 @@ def execute_round(
     model = apply_delta(parent, unflatten(result.update, template, dtype=torch.float64))
     if not all(bool(torch.isfinite(v).all()) for v in model.values() if v.is_floating_point()):
         return keep_parent("kept_parent", {c: 0.0 for c in clients})
-    state = {k: v for k, v in strategy.state_dict().items()}
+    state = {**strategy.state_dict(), **privacy_after}
     trust = {c: float(w) for c, w in zip(clients, result.trust.tolist())}
     return RoundResult(
         model=model, model_bytes=update_to_bytes(model), state=state, state_bytes=encode_state(state),
-        trust=trust, outcome="aggregated", randomness=randomness,
+        trust=trust, outcome="aggregated", randomness=randomness, epsilon=epsilon,
     )
 
 
@@ -365,6 +377,20 @@ def replay_round(
         )
     if result.state_hash != record.state:
         raise mismatch("the recorded round state is not the strategy's state after this block", replayed)
+    if (result.epsilon is None) != (record.epsilon is None) or (
+        result.epsilon is not None and not math.isclose(result.epsilon, record.epsilon, rel_tol=1e-9, abs_tol=1e-12)
+    ):
+        raise mismatch(
+            f"the block records privacy loss epsilon={record.epsilon}, but its transactions spend "
+            f"epsilon={result.epsilon} by the chain's privacy rules",
+            replayed,
+        )
+    if result.epsilon is not None and rules.privacy.over_budget(result.epsilon):
+        raise mismatch(
+            f"the block spends epsilon={result.epsilon:.4g}, beyond the genesis privacy.target_epsilon="
+            f"{rules.privacy.target_epsilon}",
+            replayed,
+        )
     return result.model, result.state
 
 

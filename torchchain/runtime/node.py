@@ -146,6 +146,7 @@ class Node:
             randomness=result.randomness,
             state=result.state_hash,
             reference=reference_hash,
+            epsilon=result.epsilon,
         )
         block = make_block(
             prev=head,

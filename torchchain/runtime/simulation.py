@@ -9,12 +9,14 @@ held-out test split and everything is logged.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,15 @@ from torchchain.chain.ledger import Ledger
 from torchchain.data import DataSplit, TaskData
 from torchchain.data.partition import partition
 from torchchain.errors import ConfigError
+from torchchain.privacy.dpsgd import check_model, train_local_dpsgd
+from torchchain.protocol.privacy import split_state
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.round import RoundRules
 from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
 from torchchain.runtime.executor import LocalExecutor, train_batched
+from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.node import Node, PreparedBlock
 from torchchain.telemetry import RunWriter
 from torchchain.updates.delta import compute_delta, flatten, unflatten
@@ -65,6 +70,8 @@ class SimulationSettings:
         batch_clients: Most clients the batched executor trains in one vmapped chunk.
         mine_workers: Processes that split the proof-of-work nonce search (the block found is
             the same for any count).
+        privacy: The clients' privacy mechanism and their private noise seed
+            (:mod:`torchchain.runtime.local_privacy`).
     """
 
     clients: int
@@ -82,6 +89,7 @@ class SimulationSettings:
     executor: str = "auto"
     batch_clients: int = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
     mine_workers: int = 1
+    privacy: LocalPrivacy = field(default_factory=LocalPrivacy)
 
 
 def derive_generator(seed: int, *parts: object) -> torch.Generator:
@@ -157,21 +165,6 @@ class Simulation:
         self.rules = RoundRules.from_config(config, [k.public_key for k in keys], trusted=trusted)
         strategy = self.strategy = self.rules.strategy
         self.root, root_pool = self._root_set(data, strategy)
-        if resuming:
-            self.ledger = Ledger.open_writer(ledger_dir)
-        else:
-            model_bytes = update_to_bytes(self.global_state)
-            genesis = make_genesis(
-                members=[k.public_key for k in keys],
-                config=dict(config),
-                model_hash=sha256_hex(model_bytes),
-                miner=node_key,
-                difficulty=settings.difficulty,
-                time_ms=int(time.time() * 1000),
-                workers=settings.mine_workers,
-            )
-            self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
-
         pool = root_pool
         parts = [
             pool[idx]
@@ -197,6 +190,23 @@ class Simulation:
                 )
                 split = DataSplit(features=x, targets=y)
             self.clients.append(Client(index=i, key=keys[i], data=split, byzantine=i in malicious, momentum_buffers={}))
+        self._check_privacy_plan()
+        if settings.privacy.kind == "dpsgd":
+            check_model(self.model)
+        if resuming:
+            self.ledger = Ledger.open_writer(ledger_dir)
+        else:
+            model_bytes = update_to_bytes(self.global_state)
+            genesis = make_genesis(
+                members=[k.public_key for k in keys],
+                config=dict(config),
+                model_hash=sha256_hex(model_bytes),
+                miner=node_key,
+                difficulty=settings.difficulty,
+                time_ms=int(time.time() * 1000),
+                workers=settings.mine_workers,
+            )
+            self.ledger = Ledger.create(ledger_dir, genesis, blobs=[model_bytes])
         if resuming:
             self._restore(config)
         self.node = Node(
@@ -206,6 +216,45 @@ class Simulation:
         # How clients train is local: it changes speed and the last bits of updates, not the protocol.
         self.executor = LocalExecutor(settings.executor, batch_clients=settings.batch_clients)
         self._labels = {c.public_key: c.label for c in self.clients}
+
+    def _check_privacy_plan(self) -> None:
+        """Refuse a run whose planned rounds would pass ``privacy.target_epsilon``, before anything is written.
+
+        A client takes part in every round, or, with ``clients_per_round``, in the expected
+        share of them (rounded up); a run that samples one client more often than that stops
+        before the round that would pass the budget (:meth:`run`).
+        """
+        rules, rounds = self.rules.privacy, self.settings.rounds
+        if rules.target_epsilon is None:
+            return
+        per_round = self.rules.clients_per_round
+        releases = rounds if per_round is None else math.ceil(rounds * per_round / len(self.clients))
+        planned = rules.planned_epsilon([len(c.data) for c in self.clients], releases)
+        if rules.over_budget(planned):
+            raise ConfigError(
+                f"privacy.target_epsilon={rules.target_epsilon:g}: the planned {rounds} rounds would spend up to "
+                f"epsilon={planned:.3g} at delta={rules.delta:g} ({releases} updates per client, "
+                f"noise_multiplier={rules.noise_multiplier:g}); lower rounds, raise privacy.noise_multiplier, "
+                "or raise privacy.target_epsilon"
+            )
+
+    def _epsilon_past_budget(self) -> float | None:
+        """The ε the next round would reach if every client it samples is accepted, when that
+        passes ``privacy.target_epsilon``; ``None`` when the round fits (or nothing is accounted)."""
+        rules = self.rules.privacy
+        if not rules.accounts or rules.target_epsilon is None:
+            return None
+        sample = self.rules.sample(self.ledger.head.hash)
+        _, spent = split_state(self.node.round_state)
+        epsilon = rules.epsilon(rules.spend(spent, [(c.public_key, len(c.data)) for c in self.clients if c.public_key in sample]))
+        return epsilon if rules.over_budget(epsilon) else None
+
+    @property
+    def epsilon(self) -> float | None:
+        """The largest privacy loss of any client so far, as the head block records it."""
+        if not self.rules.privacy.accounts:
+            return None
+        return self.rules.privacy.epsilon(split_state(self.node.round_state)[1])
 
     def close(self) -> None:
         """Release the ledger's writer lock."""
@@ -280,7 +329,10 @@ class Simulation:
         executor = self.executor
         generators = [derive_generator(self.settings.seed, "train", round, c.index) for c in clients]
         training = self.settings.training
-        if executor.use_batched(self.model, [c.data for c in clients], task=training.task, device=self.settings.device):
+        privacy = self.settings.privacy
+        if privacy.kind == "dpsgd":
+            deltas = {c.index: self._train_delta_dpsgd(c, round) for c in clients}
+        elif executor.use_batched(self.model, [c.data for c in clients], task=training.task, device=self.settings.device):
             updates = train_batched(
                 self.model, self.global_state, [c.data for c in clients], training,
                 device=self.settings.device, generators=generators,
@@ -290,7 +342,27 @@ class Simulation:
         else:
             deltas = {c.index: self._train_delta(c.data, g, c.momentum_buffers) for c, g in zip(clients, generators)}
         seconds["train"] = time.perf_counter() - start
+        if privacy.client_dp is not None:
+            start = time.perf_counter()
+            for c in clients:
+                noise = derive_generator(privacy.noise_seed, "client_dp", round, c.index)
+                deltas[c.index], _ = privacy.client_dp.apply(deltas[c.index], generator=noise)
+            seconds["privacy"] = time.perf_counter() - start
         return deltas
+
+    def _train_delta_dpsgd(self, client: Client, round: int) -> dict[str, torch.Tensor]:
+        """Train a copy of the global model with DP-SGD on ``client``'s data; return the delta.
+
+        Poisson sampling and noise come from a generator derived from the local
+        ``privacy.noise_seed``, never from the run's public seed.
+        """
+        self.model.load_state_dict(self.global_state)
+        train_local_dpsgd(
+            self.model, client.data, self.settings.training, self.settings.privacy.dpsgd,
+            device=self.settings.device,
+            generator=derive_generator(self.settings.privacy.noise_seed, "dpsgd", round, client.index),
+        )
+        return compute_delta(self.model.state_dict(), self.global_state)
 
     def _forged_submissions(
         self, round: int, base_hash: str, deltas: Mapping[int, Mapping[str, torch.Tensor]]
@@ -317,6 +389,21 @@ class Simulation:
             if not rows:  # no honest client in this round's sample: nothing to hide among
                 return
             honest = torch.stack(rows)
+        if self.attack.needs_defence:
+            # The round's rule on a copy holding the round state the round starts from, so that
+            # simulating the defence never advances the real one (centered clipping's centre).
+            rule, state = self.rules.strategy, split_state(self.node.round_state)[0]
+            known = 0 if honest is None else honest.shape[0]
+
+            def aggregate(submissions: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+                simulated = copy.deepcopy(rule)
+                simulated.load_state_dict({k: v.clone() for k, v in state.items()})
+                if simulated.requires_reference:  # the node's root-set update is private: the honest mean stands in
+                    simulated.set_reference(submissions[: known or None].mean(dim=0))
+                weights = torch.ones(submissions.shape[0], dtype=torch.float64)
+                return simulated(submissions, weights, generator=generator).update
+
+            self.attack.observe_defence(aggregate)
         for client in sampled:
             if not client.byzantine:
                 continue
@@ -359,6 +446,9 @@ class Simulation:
             reference = self._train_delta(self.root, derive_generator(self.settings.seed, "train", round, "node"), None)
             seconds["reference"] = time.perf_counter() - start
         outcome = self.node.prepare(round, submissions, self.global_state, reference=reference)
+        # The block's public aggregate, observed before the checkpoint so that the attack state saved
+        # with the block includes it.
+        self.attack.observe_aggregate(flatten(compute_delta(outcome.model, self.global_state)))
         # The checkpoint goes to disk before the block, keyed by the block's hash: whenever a
         # crash hits, the state that matches the ledger's last whole block is there to resume from.
         start = time.perf_counter()
@@ -417,7 +507,16 @@ class Simulation:
             total=self.settings.rounds,
             disable=not self.settings.progress,
         )
+        stopped_by_budget = None
         for rnd in bar:
+            passing = self._epsilon_past_budget()
+            if passing is not None:
+                stopped_by_budget = rnd
+                print(
+                    f"torchchain: privacy budget reached: round {rnd} would spend epsilon={passing:.4g} > "
+                    f"privacy.target_epsilon={self.rules.privacy.target_epsilon:g}; the run stops after round {rnd - 1}"
+                )
+                break
             round_start = time.perf_counter()
             outcome, seconds, norms = self.run_round(rnd)
             evaluated = rnd % self.settings.eval_every == 0 or rnd == self.settings.rounds
@@ -457,6 +556,14 @@ class Simulation:
             "clients": self.settings.clients,
             "byzantine": sorted(c.index for c in self.clients if c.byzantine),
         }
+        if self.rules.privacy.kind != "none":
+            summary["privacy"] = {
+                "kind": self.rules.privacy.kind,
+                "epsilon": self.epsilon,
+                "delta": self.rules.privacy.delta if self.rules.privacy.accounts else None,
+                "target_epsilon": self.rules.privacy.target_epsilon,
+                "stopped_at_round": stopped_by_budget,
+            }
         if self.data.task == "regression":
             del summary["final_accuracy"]
         else:
@@ -487,6 +594,8 @@ class Simulation:
         )
         if outcome.update_bytes:
             scalars["chain/bytes_per_update"] = sum(outcome.update_bytes) / len(outcome.update_bytes)
+        if outcome.result.epsilon is not None:
+            scalars["privacy/epsilon"] = outcome.result.epsilon
         self.writer.scalars(rnd, scalars)
         self.writer.update_norms(rnd, norms)
         self.writer.trust(rnd, {self._labels[c.public_key]: outcome.trust.get(c.public_key, 0.0) for c in self.clients})

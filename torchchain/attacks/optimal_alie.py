@@ -1,0 +1,95 @@
+"""A Little Is Enough with its scale searched against the defence in use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchchain.attacks.base import Attack, DefenceOracle, check_honest, check_update
+from torchchain.attacks.kernels import best_scale_against, check_search_settings, coordinate_std
+
+__all__ = ["OptimalALIE"]
+
+
+class OptimalALIE(Attack):
+    """Send ``mu + z * sigma`` with the ``z`` that moves the defence's aggregate furthest.
+
+    ALIE (Baruch, Baruch and Goldberg (2019), "A Little Is Enough: Circumventing Defenses For
+    Distributed Learning", NeurIPS) with its factor optimised against the aggregation rule, as
+    ByzFL's ``Optimal_ALittleIsEnough`` does (used in Allouah, Farhadkhani, Guerraoui, Gupta,
+    Pinot and Stephan (2023), "Fixing by Mixing: A Recipe for Optimal Byzantine ML under
+    Heterogeneity", AISTATS). ``mu`` is the coordinate-wise mean of the round's ``k`` honest
+    updates and ``sigma`` their coordinate-wise *sample* standard deviation (dividing by
+    ``k - 1``, as ByzFL; zero with one honest update), unlike :class:`~torchchain.attacks.ALIE`,
+    which follows the ALIE authors' population standard deviation.
+
+    Each round, ``z`` maximises ``||aggregate(honest + f copies of mu + z * sigma) - mu||_2``,
+    with ``aggregate`` the round's rule lent by the runtime (:meth:`observe_defence`) and ``f``
+    the run's number of malicious clients, found by
+    :func:`~torchchain.attacks.kernels.expand_contract_search`: ``evals`` evaluations, an
+    expansion from ``start`` by steps ``delta, 2 delta, 4 delta, ...`` while the distance grows,
+    then a contraction by ``ratio``. The defaults are ByzFL's. The search runs once per round:
+    every malicious client of the round sends the same vector, and a randomised rule
+    (bucketing) is simulated with one seed drawn from the first malicious client's generator.
+    Omniscient: needs the round's honest updates.
+
+    Args:
+        evals: Evaluations of the defence per round, an int in ``[1, 1000]``; default 20.
+        start: The first ``z`` tried, finite; default 0.0.
+        delta: The first step, finite and non-zero (its sign is the search direction);
+            default 10.0.
+        ratio: The step's contraction factor, in ``(0.5, 1)``; default 0.8.
+
+    Raises:
+        ConfigError: If an argument is out of its range.
+    """
+
+    name = "optimal_alie"
+    omniscient = True
+    needs_defence = True
+
+    def __init__(self, *, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8) -> None:
+        super().__init__()
+        self.evals, self.start, self.delta, self.ratio = check_search_settings(
+            self.name, evals=evals, start=start, delta=delta, ratio=ratio
+        )
+        self._aggregate: DefenceOracle | None = None
+        self._round: tuple[Tensor, Tensor] | None = None
+        self.last_z: float | None = None
+
+    def observe_defence(self, aggregate: DefenceOracle) -> None:
+        """Keep the round's aggregation rule; the next :meth:`poison_update` searches against it."""
+        self._aggregate = aggregate
+        self._round = None
+
+    def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Return ``mu + z * sigma`` with the searched ``z`` (float64).
+
+        The first call after :meth:`observe_defence` searches; later calls with the same honest
+        updates return the same vector without searching again.
+
+        Raises:
+            ValueError: If the inputs are malformed or :meth:`observe_defence` was never called.
+        """
+        honest = check_honest(self, check_update(update), honest)
+        if self._aggregate is None:
+            raise ValueError(f"{self.name} attack needs the defence: call observe_defence(aggregate) first")
+        if self._round is not None and torch.equal(self._round[0], honest):
+            return self._round[1].clone()
+        mean = honest.mean(dim=0)
+        sigma = coordinate_std(honest, unbiased=True)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        z = best_scale_against(
+            self._aggregate, honest, lambda scale: mean + scale * sigma, copies=self.num_byzantine, seed=seed,
+            start=self.start, delta=self.delta, ratio=self.ratio, evals=self.evals,
+        )
+        poisoned = mean + z * sigma
+        self._round = (honest.clone(), poisoned)
+        self.last_z = z
+        return poisoned.clone()
+
+    def describe(self) -> dict[str, Any]:
+        """Return ``{"name": "optimal_alie", "evals", "start", "delta", "ratio"}``."""
+        return {"name": self.name, "evals": self.evals, "start": self.start, "delta": self.delta, "ratio": self.ratio}
