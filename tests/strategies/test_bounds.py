@@ -25,12 +25,14 @@ from torchchain.strategies import (
     TrimmedMean,
 )
 from torchchain.strategies.base import MAX_COUNT, MAX_ITERATIONS, MAX_NORM
+from torchchain.strategies.centered_clipping import MAX_MOMENTUM
 
 #: (class, argument, smallest allowed, largest allowed, allowed range as the message shows it).
 NUMERIC_ARGUMENTS: list[tuple[type, str, Any, Any, str]] = [
     *[(cls, "f", 0, MAX_COUNT, f"[0, {MAX_COUNT}]") for _, cls in sorted(STRATEGIES.items())],
     (CenteredClipping, "tau", 1e-300, MAX_NORM, "(0, 1e+09]"),
     (CenteredClipping, "iterations", 1, MAX_ITERATIONS, f"[1, {MAX_ITERATIONS}]"),
+    (CenteredClipping, "momentum", 0.0, MAX_MOMENTUM, f"[0, {MAX_MOMENTUM:g}]"),
     (GeoMed, "nu", 1e-300, MAX_NORM, "(0, 1e+09]"),
     (GeoMed, "max_iter", 1, MAX_ITERATIONS, f"[1, {MAX_ITERATIONS}]"),
     (GeoMed, "tol", 0.0, 1.0, "[0, 1]"),

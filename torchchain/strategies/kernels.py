@@ -44,6 +44,7 @@ __all__ = [
     "krum_scores",
     "krum_scores_from_distances",
     "mean_around_median_with_shares",
+    "median_clip_factors",
     "nearest_rows",
     "pairwise_sq_distances",
     "row_norms",
@@ -524,6 +525,38 @@ def clip_factors(vectors: Tensor, c: float) -> Tensor:
         raise ValueError(f"the clipping norm c must be positive, got {c}")
     norms = row_norms(vectors)
     return torch.where(norms > c, c / norms, torch.ones_like(norms))
+
+
+def median_clip_factors(vectors: Tensor) -> tuple[Tensor, Tensor]:
+    """The factors that clip each row to the median of the rows' L2 norms, and that median.
+
+    The radius is ``r = median_i |v_i|`` (:func:`coordinate_median` of the norms: the middle
+    norm for odd ``n``, the mean of the two middle norms for even ``n``) and row ``i`` gets the
+    factor ``min(1, r / |v_i|)``, as :func:`clip_factors` with ``c = r`` (up to the last bit:
+    here the quotient is one division, there a reciprocal times ``c``). The median needs no
+    count of Byzantine rows: if more than half the rows are honest, ``r`` lies between the
+    smallest and the largest honest norm whatever the other rows hold, so no row keeps more
+    than an honest norm after clipping.
+
+    When ``r = 0`` (more than half the rows are zero) the rows of positive norm get factor 0,
+    the limit of ``min(1, r / |v_i|)`` as ``r`` goes to 0, and the zero rows factor 1.
+
+    Args:
+        vectors: ``(n, d)`` float64.
+
+    Returns:
+        ``(factors, radius)``: ``(n,)`` float64 in ``[0, 1]``, and the radius as a 0-d float64
+        tensor. Both depend only on the multiset of rows, not on their order; multiplying every
+        row by a power of two multiplies the radius by it and leaves the factors' bits as they
+        are (the scaling is exact, barring overflow and underflow).
+    """
+    _check_matrix(vectors)
+    norms = row_norms(vectors)
+    radius = coordinate_median(norms[:, None])[0]
+    # Rows within the radius keep factor 1; torch.where never uses the quotients it discards,
+    # so a zero norm (0/0 or r/0 there) does no harm.
+    factors = torch.where(norms > radius, radius / norms, torch.ones_like(norms))
+    return factors, radius
 
 
 def clip_to_norm(vectors: Tensor, c: float) -> Tensor:
