@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from torchchain.attacks.base import Attack, DefenceOracle, check_honest, check_update
-from torchchain.attacks.kernels import best_scale_against, check_search_settings, coordinate_std
+from torchchain.attacks.kernels import coordinate_std
+from torchchain.attacks.scale_search import ScaleSearchAttack
 
 __all__ = ["OptimalALIE"]
 
 
-class OptimalALIE(Attack):
+class OptimalALIE(ScaleSearchAttack):
     """Send ``mu + z * sigma`` with the ``z`` that moves the defence's aggregate furthest.
 
     ALIE (Baruch, Baruch and Goldberg (2019), "A Little Is Enough: Circumventing Defenses For
@@ -47,49 +46,14 @@ class OptimalALIE(Attack):
     """
 
     name = "optimal_alie"
-    omniscient = True
-    needs_defence = True
 
-    def __init__(self, *, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8) -> None:
-        super().__init__()
-        self.evals, self.start, self.delta, self.ratio = check_search_settings(
-            self.name, evals=evals, start=start, delta=delta, ratio=ratio
-        )
-        self._aggregate: DefenceOracle | None = None
-        self._round: tuple[Tensor, Tensor] | None = None
-        self.last_z: float | None = None
-
-    def observe_defence(self, aggregate: DefenceOracle) -> None:
-        """Keep the round's aggregation rule; the next :meth:`poison_update` searches against it."""
-        self._aggregate = aggregate
-        self._round = None
-
-    def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
-        """Return ``mu + z * sigma`` with the searched ``z`` (float64).
-
-        The first call after :meth:`observe_defence` searches; later calls with the same honest
-        updates return the same vector without searching again.
-
-        Raises:
-            ValueError: If the inputs are malformed or :meth:`observe_defence` was never called.
-        """
-        honest = check_honest(self, check_update(update), honest)
-        if self._aggregate is None:
-            raise ValueError(f"{self.name} attack needs the defence: call observe_defence(aggregate) first")
-        if self._round is not None and torch.equal(self._round[0], honest):
-            return self._round[1].clone()
+    def candidate(self, honest: Tensor) -> Callable[[float], Tensor]:
+        """``z -> mu + z * sigma`` with ``sigma`` the coordinate-wise sample standard deviation (ByzFL's)."""
         mean = honest.mean(dim=0)
         sigma = coordinate_std(honest, unbiased=True)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        z = best_scale_against(
-            self._aggregate, honest, lambda scale: mean + scale * sigma, copies=self.num_byzantine, seed=seed,
-            start=self.start, delta=self.delta, ratio=self.ratio, evals=self.evals,
-        )
-        poisoned = mean + z * sigma
-        self._round = (honest.clone(), poisoned)
-        self.last_z = z
-        return poisoned.clone()
+        return lambda scale: mean + scale * sigma
 
-    def describe(self) -> dict[str, Any]:
-        """Return ``{"name": "optimal_alie", "evals", "start", "delta", "ratio"}``."""
-        return {"name": self.name, "evals": self.evals, "start": self.start, "delta": self.delta, "ratio": self.ratio}
+    @property
+    def last_z(self) -> float | None:
+        """The ``z`` the last search chose (``None`` before the first)."""
+        return self.last_scale
