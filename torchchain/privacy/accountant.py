@@ -39,8 +39,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from opacus.accountants import RDPAccountant
-
 from torchchain.chain.encoding import canonical_json, parse_json_object
 from torchchain.errors import ConfigError, SerializationError
 
@@ -120,6 +118,8 @@ def _epsilon(entries: Sequence[PrivacyEntry], delta: float) -> float:
     """ε of ``entries`` at ``delta`` by Opacus' RDP accountant (no bounds on steps)."""
     if not entries:
         return 0.0
+    from opacus.accountants import RDPAccountant  # imported on use: opacus takes seconds to import
+
     accountant = RDPAccountant()
     accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
     return float(accountant.get_epsilon(delta=delta))

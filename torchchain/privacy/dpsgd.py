@@ -40,10 +40,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from torchchain.data import DataSplit
@@ -139,6 +135,9 @@ def _check_settings(settings: LocalTraining, num_samples: int) -> int:
 
 def check_model(model: nn.Module) -> None:
     """Raise :class:`~torchchain.errors.ConfigError`, with Opacus' own reasons, when DP-SGD cannot train ``model``."""
+    from opacus import GradSampleModule  # imported on use: opacus takes seconds to import
+    from opacus.validators import ModuleValidator
+
     errors = list(ModuleValidator.validate(model, strict=False))
     errors += GradSampleModule.validate(model, strict=False)  # trainable layers holding buffers
     if errors:
@@ -203,6 +202,10 @@ def train_local_dpsgd(
     sample_rate = min(1.0, settings.batch_size / num_samples)
     model.train()
     check_model(model)
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters")
