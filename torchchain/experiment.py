@@ -29,6 +29,7 @@ from torchchain.protocol.registry import build_strategy, builtin_strategy_target
 from torchchain.protocol.retention import updates_kept
 from torchchain.protocol.round import max_update_bytes
 from torchchain.protocol.sampling import sample_size
+from torchchain.protocol.secure_round import secagg_config
 from torchchain.runtime.client import LocalTraining
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.simulation import Simulation, SimulationSettings
@@ -44,7 +45,9 @@ DEFAULT_BYZANTINE_FRACTION = 0.2
 #: Local settings: where this node runs and how it shows the run, not what the chain computes.
 #: They are left out of the genesis config, so machines with other paths or devices can hold
 #: the same chain, and ``resume=`` may change them.
-LOCAL_KEYS = ("resume", "runtime", "device", "dataset.root", "dataset.download", "privacy.noise_seed")
+LOCAL_KEYS = (
+    "resume", "runtime", "device", "dataset.root", "dataset.download", "privacy.noise_seed", "privacy.dropout",
+)
 
 
 def resolve_byzantine(byzantine: int | float | None, clients: int, *, attack_set: bool) -> int:
@@ -207,7 +210,7 @@ def _privacy(cfg: DictConfig, executor: str) -> LocalPrivacy:
     section = cfg.get("privacy")
     privacy = None if section is None else OmegaConf.to_container(section, resolve=True)
     if privacy is not None and not isinstance(privacy, dict):
-        raise ConfigError("privacy must be a config group (privacy=none | client_dp | dpsgd)")
+        raise ConfigError("privacy must be a config group (privacy=none | client_dp | dpsgd | secagg)")
     protocol = {key: cfg.get(key) for key in ("batch_size", "local_epochs", "local_steps")}
     PrivacyRules.from_config({**protocol, "privacy": privacy}, ())
     local = LocalPrivacy.from_config(privacy, noise_seed=None if privacy is None else privacy.get("noise_seed"))
@@ -217,6 +220,22 @@ def _privacy(cfg: DictConfig, executor: str) -> LocalPrivacy:
             "cannot run it: use runtime.executor=auto or sequential"
         )
     return local
+
+
+def _check_secagg(cfg: DictConfig, clients: int) -> None:
+    """``privacy=secagg``: the strategy, codec and secagg values the chain will check, checked now.
+
+    Raises:
+        ConfigError: A robust rule, pre-aggregation steps, sample-count weights, a codec, or a
+            bad ``privacy.threshold``/``clip``/``frac_bits``/``ring_bits`` (see
+            :func:`torchchain.protocol.secure_round.secagg_config`).
+    """
+    protocol = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg.get(key), DictConfig) else cfg.get(key)
+        for key in ("privacy", "strategy", "codec", "clients_per_round")
+    }
+    per_round = sample_size(protocol, clients)
+    secagg_config(protocol, round_size=clients if per_round is None else per_round)
 
 
 def _check_config(cfg: DictConfig) -> dict[str, Any]:
@@ -243,8 +262,11 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.select(cfg, "runtime.mine_workers", default=...) is not ...:
         mine_workers = _positive_int(cfg, "runtime.mine_workers", maximum=256)
     privacy = _privacy(cfg, executor)
+    clients = _positive_int(cfg, "clients")
+    if privacy.kind == "secagg":
+        _check_secagg(cfg, clients)
     return {
-        "clients": _positive_int(cfg, "clients"),
+        "clients": clients,
         "rounds": _positive_int(cfg, "rounds"),
         "seed": _seed(cfg),
         "local_epochs": _positive_int(cfg, "local_epochs"),
@@ -485,7 +507,11 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
     model = _instantiate(
         cfg.model, "model", torch.nn.Module, input_shape=list(data.input_shape), num_outputs=data.num_outputs
     )
-    update_bytes = len(update_to_bytes({k: v for k, v in model.state_dict().items() if v.is_floating_point()}))
+    floats = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    update_bytes = len(update_to_bytes(floats))
+    secagg = secagg_config(recorded, round_size=rows)
+    if secagg is not None:  # a masked input: a short header, then one ring word per coordinate
+        update_bytes = 512 + secagg.word_bytes * sum(v.numel() for v in floats.values())
     limit = max_update_bytes(recorded)
     if update_bytes > limit:
         raise ConfigError(

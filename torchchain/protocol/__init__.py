@@ -10,7 +10,10 @@ Pure functions over bytes and tensors, no I/O of their own:
 * :mod:`~torchchain.protocol.registry`: the recorded strategy built from an allow-list, never
   through Hydra;
 * :mod:`~torchchain.protocol.round`: :func:`execute_round` and :func:`replay_round`, the one
-  definition of a round's outcome.
+  definition of a round's outcome;
+* :mod:`~torchchain.protocol.secure_round`: secure aggregation (``privacy.kind: secagg``): its
+  configuration rules, signed protocol messages, the round transcript and the unmasking that
+  :func:`execute_round` calls.
 
 ``audit``, ``inspect`` and ``verify`` read ledgers on top of these.
 """
@@ -27,12 +30,14 @@ _WHERE = {
     "round_randomness": "randomness",
     "Rejections": "record",
     "RoundRecord": "record",
+    "SecAggRecord": "record",
     "build_strategy": "registry",
     "builtin_strategy_targets": "registry",
     "ReplayMismatch": "round",
     "RoundInputs": "round",
     "RoundResult": "round",
     "RoundRules": "round",
+    "SecAggResult": "round",
     "execute_round": "round",
     "replay_round": "round",
     "decode_state": "state",
@@ -42,6 +47,10 @@ _WHERE = {
     "Submission": "submission",
     "check_submission": "submission",
     "select_submissions": "submission",
+    "Transcript": "secure_round",
+    "check_transcript": "secure_round",
+    "secagg_config": "secure_round",
+    "unmask_round": "secure_round",
 }
 
 
@@ -59,16 +68,22 @@ __all__ = [
     "RoundRecord",
     "RoundResult",
     "RoundRules",
+    "SecAggRecord",
+    "SecAggResult",
     "Selection",
     "Submission",
+    "Transcript",
     "build_strategy",
     "builtin_strategy_targets",
     "check_submission",
+    "check_transcript",
     "decode_state",
     "encode_state",
     "execute_round",
     "replay_round",
     "round_generator",
     "round_randomness",
+    "secagg_config",
     "select_submissions",
+    "unmask_round",
 ]

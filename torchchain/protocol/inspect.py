@@ -108,7 +108,8 @@ def block_details(ledger: Ledger | str | os.PathLike[str], height: int) -> dict[
         header field), ``transactions`` (every field of each accepted transaction plus
         ``trust``, the weight the node recorded for it), ``rejected`` (``client``,
         ``update_hash``, ``code``, ``reason`` of each refused submission) and, when recorded,
-        ``reference``; for the genesis block also ``members`` and ``config``.
+        ``reference`` and ``secagg`` (transcript and sum blobs, dropped clients, rejected reveals,
+        refused messages, failure); for the genesis block also ``members`` and ``config``.
 
     Raises:
         LedgerError: No block has that height, or the block's metadata is malformed.
@@ -138,6 +139,8 @@ def block_details(ledger: Ledger | str | os.PathLike[str], height: int) -> dict[
     details["state"] = record.state
     if record.reference is not None:
         details["reference"] = record.reference
+    if record.secagg is not None:
+        details["secagg"] = record.secagg.to_dict()
     return details
 
 
@@ -213,4 +216,17 @@ def format_block(details: Mapping[str, Any]) -> str:
             f"  {_printable(entry['client'][:_SHORT])}  update {_printable(entry['update_hash'][:_SHORT])}  "
             f"{_printable(entry['code'])}: {_printable(entry['reason'])}"
         )
+    secagg = details.get("secagg")
+    if secagg is not None:
+        failure = secagg["failure"]
+        lines.append(
+            f"secure aggregation: transcript {secagg['transcript'][:_SHORT]}, sum {(secagg['sum'] or 'none')[:_SHORT]}, "
+            f"{len(secagg['dropped'])} dropped"
+            + (f"; FAILED {_printable(failure['code'])}: {_printable(failure['reason'])}" if failure else "")
+        )
+        lines += [f"  dropped  {_printable(client[:_SHORT])}" for client in secagg["dropped"]]
+        for kind in ("rejected", "refused"):
+            lines += [
+                f"  {kind:<8} {_printable(client[:_SHORT])}: {_printable(reason)}" for client, reason in secagg[kind].items()
+            ]
     return "\n".join(lines)

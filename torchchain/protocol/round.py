@@ -8,6 +8,12 @@ the miner applied, runs :func:`execute_round` and compares everything the block 
 Aggregation is bit-identical on every CPU (DESIGN.md invariant 3): updates in order of client
 key, flattened to float64, aggregated on CPU, added to the model in float64, randomness only
 from the round's :func:`~torchchain.protocol.randomness.round_randomness`.
+
+On a secure-aggregation chain (``privacy.kind: secagg``, :mod:`torchchain.protocol.secure_round`)
+the accepted updates are masked ring inputs and the round also has a transcript; the same two
+functions unmask the survivors' sum from them (exact ring arithmetic, then one float64 division
+by the number of survivors) and the replay checks the recorded sum, dropout set, rejected reveals
+and failure besides the model.
 """
 
 from __future__ import annotations
@@ -22,12 +28,23 @@ import torch
 from torchchain.chain.block import Block, Transaction, merkle_root
 from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import ConfigError, LedgerError, RejectedUpdate, SerializationError
+from torchchain.privacy.secagg import SecAggConfig, SecAggError
 from torchchain.protocol.privacy import PrivacyRules, split_state
 from torchchain.protocol.randomness import round_generator, round_randomness
-from torchchain.protocol.record import RoundRecord
+from torchchain.protocol.record import MAX_REASON_CHARS, RoundRecord
 from torchchain.protocol.registry import build_codec, build_strategy
 from torchchain.protocol.retention import updates_kept
 from torchchain.protocol.sampling import round_sample, sample_size
+from torchchain.protocol.secure_round import (
+    MASKED_KEY,
+    CheckedTranscript,
+    SecureOutcome,
+    Transcript,
+    check_transcript,
+    secagg_config,
+    transcript_max_bytes,
+    unmask_round,
+)
 from torchchain.protocol.state import decode_state, encode_state
 from torchchain.protocol.submission import RoundContext, Submission, check_submission, check_tensors
 from torchchain.strategies.base import Strategy
@@ -41,6 +58,7 @@ __all__ = [
     "RoundInputs",
     "RoundResult",
     "RoundRules",
+    "SecAggResult",
     "execute_round",
     "replay_round",
 ]
@@ -89,6 +107,8 @@ class RoundRules:
             :mod:`torchchain.protocol.sampling`.
         privacy: What each accepted update spends of its client's privacy budget; see
             :mod:`torchchain.protocol.privacy`.
+        secagg: The secure-aggregation parameters (``privacy.kind: secagg``), or ``None``; see
+            :mod:`torchchain.protocol.secure_round`.
     """
 
     strategy: Strategy
@@ -98,6 +118,7 @@ class RoundRules:
     codec: Codec = field(default_factory=NoCodec)
     clients_per_round: int | None = None
     privacy: PrivacyRules = field(default_factory=lambda: PrivacyRules(kind="none", members=()))
+    secagg: SecAggConfig | None = None
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -110,7 +131,9 @@ class RoundRules:
 
         Raises:
             ConfigError: The config lacks ``clients``, ``byzantine``, ``strategy`` or
-                ``chain.max_update_mb``, or the strategy cannot be built from it.
+                ``chain.max_update_mb``, the strategy cannot be built from it, or
+                ``privacy.kind: secagg`` is combined with a rule that needs individual updates
+                (:func:`~torchchain.protocol.secure_round.secagg_config`).
         """
         return cls.from_config(genesis.meta["config"], genesis.meta["members"], trusted=trusted)
 
@@ -129,27 +152,37 @@ class RoundRules:
         per_round = sample_size(config, clients)
         # A round aggregates at most the sampled clients, and any of them may be malicious.
         rows = clients if per_round is None else per_round
+        secagg = secagg_config(config, round_size=rows)
         strategy = build_strategy(
             config.get("strategy"), num_clients=rows, num_byzantine=min(byzantine, rows), trusted=trusted
         )
         return cls(
             strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
             keep_updates=updates_kept(config), codec=build_codec(config.get("codec")), clients_per_round=per_round,
-            privacy=PrivacyRules.from_config(config, members),
+            privacy=PrivacyRules.from_config(config, members), secagg=secagg,
         )
 
     def sample(self, parent_hash: str) -> frozenset[str]:
         """The members that may submit in the round building on block ``parent_hash``."""
         return round_sample(parent_hash, self.members, self.clients_per_round)
 
-    def context(self, round: int, base_hash: str, model: Mapping[str, torch.Tensor]) -> RoundContext:
+    @property
+    def round_size(self) -> int:
+        """How many members a round samples."""
+        return len(self.members) if self.clients_per_round is None else self.clients_per_round
+
+    def context(
+        self, round: int, base_hash: str, model: Mapping[str, torch.Tensor], *, participants: Iterable[str] | None = None
+    ) -> RoundContext:
         """What a submission of ``round``, computed against block ``base_hash`` whose model is
-        ``model``, is checked against."""
+        ``model``, is checked against (on a secagg chain, ``participants`` are the clients that
+        dealt shares in the round)."""
         template = {k: model[k] for k in float_keys(model)}
         return RoundContext(
             members=self.members, round=round, base_hash=base_hash, template=template,
             max_update_bytes=self.max_update_bytes, codec=self.codec,
             sampled=None if self.clients_per_round is None else self.sample(base_hash),
+            secagg=self.secagg, participants=None if participants is None else frozenset(participants),
         )
 
 
@@ -162,17 +195,57 @@ class RoundInputs:
         transactions: The accepted transactions, sorted by client key.
         updates: Their tensors, in the same order.
         reference: The server's reference update (strategies with ``requires_reference``).
+        secagg: On a secagg chain, the round's checked transcript; ``updates`` then hold each
+            client's masked input under :data:`~torchchain.protocol.secure_round.MASKED_KEY`.
     """
 
     parent_hash: str
     transactions: tuple[Transaction, ...]
     updates: tuple[Mapping[str, torch.Tensor], ...]
     reference: Mapping[str, torch.Tensor] | None = None
+    secagg: CheckedTranscript | None = None
 
     @property
     def randomness(self) -> str:
         """The round's seed: fixed only once the accepted transactions are."""
         return round_randomness(self.parent_hash, merkle_root([tx.tx_hash for tx in self.transactions]))
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """What a secagg round adds to its result: the blobs the record names, and the unmasking.
+
+    Attributes:
+        transcript_bytes: The transcript blob.
+        sum_bytes: The unmasked sum as canonical float64 tensors named like the model's float
+            tensors, or ``None`` when the round failed before unmasking.
+        outcome: Survivors, dropped clients, rejected reveals and the failure, if any.
+    """
+
+    transcript_bytes: bytes
+    sum_bytes: bytes | None
+    outcome: SecureOutcome
+
+    @property
+    def transcript_hash(self) -> str:
+        return sha256_hex(self.transcript_bytes)
+
+    @property
+    def sum_hash(self) -> str | None:
+        return None if self.sum_bytes is None else sha256_hex(self.sum_bytes)
+
+    @property
+    def failure(self) -> dict[str, str] | None:
+        """``{"code", "reason"}`` as the record holds it (reason cut to the record's limit), or ``None``."""
+        if self.outcome.failure is None:
+            return None
+        code, reason = self.outcome.failure
+        return {"code": code, "reason": reason[:MAX_REASON_CHARS]}
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Rejected reveals as the record holds them (reasons cut to the record's limit)."""
+        return {client: reason[:MAX_REASON_CHARS] for client, reason in sorted(self.outcome.rejected.items())}
 
 
 @dataclass(frozen=True)
@@ -189,6 +262,7 @@ class RoundResult:
         randomness: The round's seed.
         epsilon: The largest privacy loss of any member after the round, or ``None`` when the
             chain keeps no privacy ledger.
+        secagg: What the secure aggregation gave (secagg chains only).
     """
 
     model: dict[str, torch.Tensor]
@@ -199,6 +273,7 @@ class RoundResult:
     outcome: str
     randomness: str
     epsilon: float | None = None
+    secagg: SecAggResult | None = None
 
     @property
     def model_hash(self) -> str:
@@ -244,13 +319,41 @@ def execute_round(
     randomness = inputs.randomness
     parent = _copy(parent_model)
 
-    def keep_parent(outcome: str, trust: dict[str, float]) -> RoundResult:
+    def keep_parent(outcome: str, trust: dict[str, float], secagg: SecAggResult | None = None) -> RoundResult:
         state = {**_copy(strategy_state), **privacy_after}
         return RoundResult(
             model=parent, model_bytes=update_to_bytes(parent), state=state, state_bytes=encode_state(state),
-            trust=trust, outcome=outcome, randomness=randomness, epsilon=epsilon,
+            trust=trust, outcome=outcome, randomness=randomness, epsilon=epsilon, secagg=secagg,
         )
 
+    if rules.secagg is not None:
+        checked = inputs.secagg
+        if checked is None:
+            raise ValueError("a round of a secagg chain needs its checked transcript (RoundInputs.secagg)")
+        if any(tx.round != checked.transcript.round for tx in inputs.transactions):
+            raise ValueError("the transactions and the secagg transcript are for different rounds")
+        template = {k: parent[k] for k in float_keys(parent)}
+        dim = sum(t.numel() for t in template.values())
+        secure = unmask_round(checked, {c: u[MASKED_KEY] for c, u in zip(clients, inputs.updates)}, dim=dim)
+        if secure.failure is not None:
+            return keep_parent("kept_parent", {c: 0.0 for c in clients}, SecAggResult(checked.data, None, secure))
+        assert secure.sum is not None
+        sum_bytes = update_to_bytes(unflatten(secure.sum, template, dtype=torch.float64))
+        mean = secure.sum / float(len(secure.survivors))
+        model = apply_delta(parent, unflatten(mean, template, dtype=torch.float64))
+        if not all(bool(torch.isfinite(v).all()) for v in model.values() if v.is_floating_point()):
+            failed = SecureOutcome(
+                sum=secure.sum, survivors=secure.survivors, dropped=secure.dropped, rejected=secure.rejected,
+                failure=("non_finite_model", "the parent model plus the mean update is not finite"),
+            )
+            return keep_parent("kept_parent", {c: 0.0 for c in clients}, SecAggResult(checked.data, sum_bytes, failed))
+        share = 1.0 / len(secure.survivors)
+        state = {**strategy.state_dict(), **privacy_after}
+        return RoundResult(
+            model=model, model_bytes=update_to_bytes(model), state=state, state_bytes=encode_state(state),
+            trust={c: share for c in clients}, outcome="aggregated", randomness=randomness, epsilon=epsilon,
+            secagg=SecAggResult(checked.data, sum_bytes, secure),
+        )
     if not clients:
         return keep_parent("aggregated", {})
     template = {k: parent[k] for k in float_keys(parent)}
@@ -327,7 +430,16 @@ def replay_round(
     def mismatch(reason: str, replayed: str | None = None) -> ReplayMismatch:
         return ReplayMismatch(f"round {block.header.round}: {reason}", recorded=recorded_hash, replayed=replayed)
 
-    context = rules.context(block.header.round, block.header.prev_hash, parent_model)
+    checked = None
+    participants = None
+    if rules.secagg is not None:
+        if record.secagg is None:
+            raise mismatch("the chain aggregates securely (privacy=secagg), but the block records no secagg entry")
+        checked = _secagg_transcript(blobs, record.secagg.transcript, block, rules, mismatch)
+        participants = checked.participants
+    elif record.secagg is not None:
+        raise mismatch("the block records a secure aggregation, but the chain does not use privacy=secagg")
+    context = rules.context(block.header.round, block.header.prev_hash, parent_model, participants=participants)
     clients = [tx.client for tx in block.transactions]
     if clients != sorted(clients):
         raise mismatch("the transactions are not in client-key order")
@@ -351,10 +463,13 @@ def replay_round(
     elif record.reference is not None:
         raise mismatch("the block records a reference update that its strategy does not use")
     inputs = RoundInputs(
-        parent_hash=block.header.prev_hash, transactions=block.transactions, updates=tuple(updates), reference=reference
+        parent_hash=block.header.prev_hash, transactions=block.transactions, updates=tuple(updates), reference=reference,
+        secagg=checked,
     )
     try:
         result = execute_round(rules, parent_model, round_state, inputs)
+    except SecAggError as exc:
+        raise mismatch(f"the secagg transcript does not fit the block: {exc.reason}") from None
     except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
         raise mismatch(f"the strategy fails on this block's updates: {exc}") from None
     replayed = result.model_hash
@@ -368,6 +483,8 @@ def replay_round(
         )
     if result.outcome != record.outcome:
         raise mismatch(f"the block records outcome {record.outcome!r}, the replay gives {result.outcome!r}", replayed)
+    if result.secagg is not None and record.secagg is not None:
+        _compare_secagg(result.secagg, record.secagg, lambda reason: mismatch(reason, replayed))
     if result.trust != dict(record.trust):
         client = next(c for c in clients if result.trust.get(c) != record.trust.get(c))
         raise mismatch(
@@ -392,6 +509,46 @@ def replay_round(
             replayed,
         )
     return result.model, result.state
+
+
+def _secagg_transcript(
+    blobs: BlobSource, digest: str, block: Block, rules: RoundRules, mismatch: Callable[[str], ReplayMismatch]
+) -> CheckedTranscript:
+    """The block's transcript, read, parsed and checked (signatures, rounds, clients)."""
+    assert rules.secagg is not None
+    data = _blob(blobs, digest, "secagg transcript blob")
+    try:
+        transcript = Transcript.from_bytes(data, max_bytes=transcript_max_bytes(rules.round_size))
+        return check_transcript(
+            transcript, round_number=block.header.round, sample=rules.sample(block.header.prev_hash), config=rules.secagg
+        )
+    except SerializationError as exc:
+        raise mismatch(f"the secagg transcript is malformed: {exc}") from None
+    except SecAggError as exc:
+        raise mismatch(f"the secagg transcript is not valid: {exc.reason}") from None
+
+
+def _compare_secagg(result: SecAggResult, record: Any, mismatch: Callable[[str], ReplayMismatch]) -> None:
+    """Compares what the replayed unmasking gives with the block's ``secagg`` entry."""
+    outcome = result.outcome
+    if list(outcome.dropped) != list(record.dropped):
+        raise mismatch(
+            f"the block records {len(record.dropped)} dropped clients, but its transcript and transactions drop "
+            f"{len(outcome.dropped)}: the dropout set {[c[:12] for c in record.dropped][:8]} is not the replay's "
+            f"{[c[:12] for c in outcome.dropped][:8]}"
+        )
+    if result.failure != (None if record.failure is None else dict(record.failure)):
+        raise mismatch(f"the block records secagg failure {record.failure}, the replay gives {result.failure}")
+    if result.sum_hash != record.sum:
+        raise mismatch(
+            f"the block records the unmasked sum {str(record.sum)[:12]}, but unmasking its transcript gives "
+            f"{str(result.sum_hash)[:12]}"
+        )
+    if result.rejected != dict(record.rejected):
+        raise mismatch(
+            f"the block records the rejected reveals {sorted(c[:12] for c in record.rejected)}, the replay rejects "
+            f"{sorted(c[:12] for c in result.rejected)} (or for other reasons)"
+        )
 
 
 def load_state_blob(blobs: BlobSource, digest: str | None) -> dict[str, torch.Tensor]:

@@ -9,6 +9,11 @@ ones in aggregation order together with a bounded record of the rejections.
 Checks run cheapest first, so a flood of junk costs little: membership, then round and base
 block, then size and codec, then the signature, then the bytes (hash, strict parse, names,
 shapes, dtypes, finiteness).
+
+On a secure-aggregation chain (:mod:`torchchain.protocol.secure_round`) the payload is a masked
+ring input instead of float tensors: the transaction must name the ``secagg`` codec, its client
+must have dealt shares in the round (``not_participant``), and the bytes must be the client's
+masked input for this round, of the model's length, in the ring (``malformed_masked_input``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from torchchain.chain.block import Transaction
 from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import RejectedUpdate, SerializationError
+from torchchain.privacy.secagg import InvalidMaskedInput, SecAggConfig, check_masked_input
+from torchchain.protocol.secure_round import MASKED_KEY, SECAGG_CODEC
 from torchchain.updates.codecs import Codec, NoCodec, codec_seed
 from torchchain.updates.serialize import update_from_bytes
 
@@ -55,6 +62,9 @@ class RoundContext:
             every payload must decode with it.
         sampled: The members sampled for this round (:mod:`torchchain.protocol.sampling`), or
             ``None`` when every member may submit.
+        secagg: The chain's secure-aggregation parameters, or ``None`` for plain updates.
+        participants: On a secagg chain, the clients that dealt shares this round (only they
+            may submit a masked input).
     """
 
     members: frozenset[str]
@@ -64,6 +74,18 @@ class RoundContext:
     max_update_bytes: int
     codec: Codec = field(default_factory=NoCodec)
     sampled: frozenset[str] | None = None
+    secagg: SecAggConfig | None = None
+    participants: frozenset[str] | None = None
+
+    @property
+    def codec_tag(self) -> str:
+        """The codec every transaction of the round must name."""
+        return SECAGG_CODEC if self.secagg is not None else self.codec.tag()
+
+    @property
+    def dim(self) -> int:
+        """The number of float coordinates of an update."""
+        return sum(t.numel() for t in self.template.values())
 
 
 def check_tensors(payload: bytes, template: Mapping[str, torch.Tensor], *, max_bytes: int) -> dict[str, torch.Tensor]:
@@ -108,9 +130,14 @@ def _check_claims(tx: Transaction, context: RoundContext) -> None:
         )
     if tx.num_samples < 1:
         raise RejectedUpdate("bad_num_samples", f"num_samples must be positive, got {tx.num_samples}")
-    if tx.codec != context.codec.tag():
+    if tx.codec != context.codec_tag:
         raise RejectedUpdate(
-            "unknown_codec", f"transaction names codec {tx.codec[:40]!r}, the chain encodes updates with {context.codec.tag()!r}"
+            "unknown_codec", f"transaction names codec {tx.codec[:40]!r}, the chain encodes updates with {context.codec_tag!r}"
+        )
+    if context.secagg is not None and (context.participants is None or tx.client not in context.participants):
+        raise RejectedUpdate(
+            "not_participant",
+            f"client {tx.client[:12]}… dealt no shares in round {context.round}, so its masked input cannot be unmasked",
         )
     if not tx.has_valid_signature():
         raise RejectedUpdate("bad_signature", f"signature does not match the public key of client {tx.client[:12]}…")
@@ -121,6 +148,14 @@ def _check_payload(tx: Transaction, payload: bytes, context: RoundContext) -> di
         raise RejectedUpdate("oversized", f"update is {len(payload)} bytes, over the limit of {context.max_update_bytes}")
     if sha256_hex(payload) != tx.update_hash:
         raise RejectedUpdate("hash_mismatch", "update bytes do not hash to the signed update_hash")
+    if context.secagg is not None:
+        try:
+            masked = check_masked_input(
+                payload, client=tx.client, round_number=tx.round, dim=context.dim, config=context.secagg
+            )
+        except InvalidMaskedInput as exc:
+            raise RejectedUpdate("malformed_masked_input", exc.reason[:400]) from None
+        return {MASKED_KEY: masked}
     if isinstance(context.codec, NoCodec):
         return check_tensors(payload, context.template, max_bytes=context.max_update_bytes)
     # The hash covers the encoded bytes; every node decodes them the same way, in float64.
@@ -143,13 +178,15 @@ def check_submission(submission: Submission, context: RoundContext) -> dict[str,
     transactions, and ``torchchain audit`` to every accepted update in a ledger.
 
     The payload is decoded with the chain's codec (the transaction's hash covers the encoded
-    bytes); the returned tensors are the decoded update.
+    bytes); the returned tensors are the decoded update. On a secagg chain the one returned
+    tensor, named :data:`~torchchain.protocol.secure_round.MASKED_KEY`, is the masked input.
 
     Raises:
         RejectedUpdate: naming the first check that failed (codes ``unknown_client``,
             ``not_sampled``, ``wrong_round``, ``stale_base``, ``bad_num_samples``, ``unknown_codec``,
-            ``bad_signature``, ``oversized``, ``hash_mismatch``, ``malformed``,
-            ``tensor_names``, ``shape_mismatch``, ``dtype_mismatch``, ``non_finite``).
+            ``not_participant``, ``bad_signature``, ``oversized``, ``hash_mismatch``, ``malformed``,
+            ``malformed_masked_input``, ``tensor_names``, ``shape_mismatch``, ``dtype_mismatch``,
+            ``non_finite``).
     """
     _check_claims(submission.transaction, context)
     return _check_payload(submission.transaction, submission.payload, context)

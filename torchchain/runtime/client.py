@@ -198,6 +198,32 @@ class Client:
             payload = update_to_bytes(update)
         else:
             payload = codec.encode(update, seed=seed, generator=rng)
+        if seconds is not None:
+            seconds["serialize"] = seconds.get("serialize", 0.0) + time.perf_counter() - t0
+        return self.sign_payload(payload, round=round, base_hash=base_hash, codec_tag=codec.tag(), seconds=seconds, tamper=tamper)
+
+    def sign_payload(
+        self,
+        payload: bytes,
+        *,
+        round: int,
+        base_hash: str,
+        codec_tag: str,
+        seconds: dict[str, float] | None = None,
+        tamper: Callable[[bytes], bytes] | None = None,
+    ) -> Submission:
+        """Hash already encoded update bytes and sign the transaction that commits to them.
+
+        Args:
+            payload: The encoded update (a codec's bytes, or a masked input on a secagg chain).
+            round: The round the update is for.
+            base_hash: Hash of the block whose model the update was computed against.
+            codec_tag: What the transaction names as the payload's encoding.
+            seconds: If given, the time spent hashing and signing is added to its ``hash`` and
+                ``sign`` entries (and tampering to ``serialize``).
+            tamper: A malicious client's change to the bytes before it signs them.
+        """
+        t0 = time.perf_counter()
         if tamper is not None:
             payload = tamper(payload)
         t1 = time.perf_counter()
@@ -209,7 +235,7 @@ class Client:
             base_hash=base_hash,
             update_hash=digest,
             num_samples=len(self.data),
-            codec=codec.tag(),
+            codec=codec_tag,
         ).signed(self.key)
         t3 = time.perf_counter()
         if seconds is not None:

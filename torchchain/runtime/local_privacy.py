@@ -13,7 +13,12 @@
     Local training itself is DP-SGD (:func:`torchchain.privacy.dpsgd.train_local_dpsgd`, Opacus):
     per-example clipping to ``max_grad_norm`` and noise on every step (Abadi et al. 2016).
 ``secagg``
-    Secure aggregation by pairwise masking; see :mod:`torchchain.privacy.secagg`.
+    Secure aggregation by pairwise masking (Bonawitz et al. 2017; :mod:`torchchain.privacy.secagg`,
+    and :mod:`torchchain.protocol.secure_round` for what the chain records): each client masks its
+    clipped, fixed-point update so that only the sum of a round's surviving updates can be
+    recovered. Its keys for the round derive from ``privacy.noise_seed`` too. ``privacy.dropout``
+    (local, for simulations) is the fraction of each round's sampled clients that drop after
+    dealing their shares and never send a masked input.
 
 The noise comes from generators only the client knows: derived from ``privacy.noise_seed``, a
 local setting that is never written into the genesis block, or from the operating system's
@@ -47,13 +52,17 @@ class LocalPrivacy:
         kind: One of :data:`~torchchain.protocol.privacy.PRIVACY_KINDS`.
         client_dp: Clip-and-noise settings (``kind="client_dp"``).
         dpsgd: DP-SGD settings (``kind="dpsgd"``).
-        noise_seed: Where every client's noise stream derives from; private to this machine.
+        noise_seed: Where every client's noise stream (and secagg keys) derives from; private to
+            this machine.
+        dropout: ``secagg`` only: the fraction of each round's sampled clients that drop out
+            after dealing shares (a simulation setting, in ``[0, 1)``).
     """
 
     kind: str = "none"
     client_dp: ClientDP | None = None
     dpsgd: DPSGD | None = None
     noise_seed: int = 0
+    dropout: float = 0.0
 
     @classmethod
     def from_config(cls, privacy: Mapping[str, Any] | None, *, noise_seed: int | None) -> LocalPrivacy:
@@ -83,4 +92,12 @@ class LocalPrivacy:
             raise ConfigError(f"privacy={kind} needs privacy.{exc.args[0]}") from None
         except ConfigError as exc:
             raise ConfigError(f"privacy.{exc}") from None
+        if kind == "secagg":
+            dropout = privacy.get("dropout", 0.0)
+            if type(dropout) not in (int, float) or not 0.0 <= dropout < 1.0:
+                raise ConfigError(
+                    f"privacy.dropout is the fraction of each round's clients that drop out and must lie in [0, 1), "
+                    f"got {str(dropout)[:40]!r}"
+                )
+            return cls(kind=kind, noise_seed=seed, dropout=float(dropout))
         return cls(kind=kind, noise_seed=seed)

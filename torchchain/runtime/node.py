@@ -8,25 +8,50 @@ the same functions. The node only adds mining and writing.
 
 The round state (the strategy's state) advances only in :meth:`Node.commit`: a block that is
 prepared but never committed (a failed write, a lost mining race) leaves the node where it was.
+
+On a secure-aggregation chain (``privacy.kind: secagg``) the node also runs the server side of
+the protocol for the round: a :class:`SecureSession` (:class:`torchchain.runtime.secure.SecureRound`)
+knows which clients dealt shares before the masked inputs are selected, and collects the
+survivors' reveals once they are; the node checks the resulting transcript with the same function
+the auditor uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from torchchain.chain.block import Block, Transaction, make_block
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger
-from torchchain.protocol.record import Rejections, RoundRecord
+from torchchain.protocol.record import MAX_REASON_CHARS, MAX_SECAGG_CLIENTS, Rejections, RoundRecord, SecAggRecord
 from torchchain.protocol.round import RoundResult, RoundRules, execute_round, load_state_blob, round_inputs_from
+from torchchain.protocol.secure_round import Transcript, check_transcript
 from torchchain.protocol.submission import Submission, select_submissions
 from torchchain.updates.serialize import update_to_bytes
 
-__all__ = ["Node", "PreparedBlock", "Submission"]
+__all__ = ["Node", "PreparedBlock", "SecureSession", "Submission"]
+
+
+class SecureSession(Protocol):
+    """The server side of one secure-aggregation round, as the node needs it.
+
+    Attributes:
+        participants: The clients whose share bundles were accepted (only they may submit).
+        refused: Client key -> why a protocol message of it was refused before the transcript.
+    """
+
+    participants: frozenset[str]
+    refused: Mapping[str, str]
+
+    def finish(self, survivors: Sequence[str]) -> Transcript:
+        """Asks the survivors for their shares (when the round can unmask) and returns the transcript."""
+        ...
 
 
 @dataclass
@@ -105,6 +130,7 @@ class Node:
         *,
         reference: Mapping[str, torch.Tensor] | None = None,
         time_ms: int | None = None,
+        secure: SecureSession | None = None,
     ) -> PreparedBlock:
         """Select, execute and mine the block of ``round`` on the head, without writing anything.
 
@@ -117,21 +143,52 @@ class Node:
             parent_model: The head block's model.
             reference: The node's own update on its root set, for FLTrust-like strategies.
             time_ms: The block's timestamp; now when ``None``.
+            secure: The round's secure-aggregation session (secagg chains only).
+
+        Raises:
+            ValueError: A secagg chain's round without its session, or a session on another chain.
         """
         seconds: dict[str, float] = {}
         head = self.ledger.head
+        if (self.rules.secagg is None) != (secure is None):
+            raise ValueError("a secagg chain's round needs its SecureSession, and only a secagg chain takes one")
         start = time.perf_counter()
-        selection = select_submissions(submissions, self.rules.context(round, head.hash, parent_model))
+        participants = None if secure is None else secure.participants
+        context = self.rules.context(round, head.hash, parent_model, participants=participants)
+        selection = select_submissions(submissions, context)
         rejections = Rejections.from_refusals(selection.rejected)
         seconds["validate"] = time.perf_counter() - start
 
         start = time.perf_counter()
         inputs = round_inputs_from(head.hash, selection.accepted, reference if self.rules.strategy.requires_reference else None)
+        if secure is not None:
+            assert self.rules.secagg is not None
+            transcript = secure.finish([tx.client for tx in inputs.transactions])
+            checked = check_transcript(
+                transcript, round_number=round, sample=self.rules.sample(head.hash), config=self.rules.secagg
+            )
+            inputs = dataclasses.replace(inputs, secagg=checked)
+            seconds["reveal"] = time.perf_counter() - start
+            start = time.perf_counter()
         result = execute_round(self.rules, parent_model, self.round_state, inputs)
         seconds["aggregate"] = time.perf_counter() - start
 
         start = time.perf_counter()
         blobs = [payload for _, payload, _ in selection.accepted] + [result.model_bytes]
+        secagg_record = None
+        if result.secagg is not None:
+            assert secure is not None
+            blobs.append(result.secagg.transcript_bytes)
+            if result.secagg.sum_bytes is not None:
+                blobs.append(result.secagg.sum_bytes)
+            secagg_record = SecAggRecord(
+                transcript=result.secagg.transcript_hash,
+                sum=result.secagg.sum_hash,
+                dropped=result.secagg.outcome.dropped,
+                rejected=result.secagg.rejected,
+                refused={c: r[:MAX_REASON_CHARS] for c, r in sorted(secure.refused.items())[:MAX_SECAGG_CLIENTS]},
+                failure=result.secagg.failure,
+            )
         reference_hash = None
         if inputs.reference is not None and inputs.transactions:
             reference_bytes = update_to_bytes(inputs.reference)
@@ -147,6 +204,7 @@ class Node:
             state=result.state_hash,
             reference=reference_hash,
             epsilon=result.epsilon,
+            secagg=secagg_record,
         )
         block = make_block(
             prev=head,
@@ -202,8 +260,9 @@ class Node:
         *,
         reference: Mapping[str, torch.Tensor] | None = None,
         time_ms: int | None = None,
+        secure: SecureSession | None = None,
     ) -> PreparedBlock:
         """:meth:`prepare` the block of ``round`` and :meth:`commit` it."""
-        prepared = self.prepare(round, submissions, parent_model, reference=reference, time_ms=time_ms)
+        prepared = self.prepare(round, submissions, parent_model, reference=reference, time_ms=time_ms, secure=secure)
         self.commit(prepared)
         return prepared

@@ -5,6 +5,13 @@ hash), trains on its private data and computes its delta; malicious clients appl
 before signing, as a real attacker would; every update is serialized, hashed and signed; the
 node validates, aggregates, mines and appends the block; the new model is evaluated on the
 held-out test split and everything is logged.
+
+With ``privacy=secagg`` the sampled clients first run the secure-aggregation protocol with the
+node (:mod:`torchchain.runtime.secure`): keys, shares, then each surviving client masks its
+(possibly poisoned) update and signs the masked input instead of its update; the node unmasks
+only the sum. Attacks still act on a malicious client's own update before it is masked; an
+omniscient attack is handed the honest clients' plaintext updates by this simulation, which a
+real attacker under secure aggregation would not see.
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ from torchchain.privacy.dpsgd import check_model, train_local_dpsgd
 from torchchain.protocol.privacy import split_state
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.round import RoundRules
+from torchchain.protocol.secure_round import SECAGG_CODEC
 from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
 from torchchain.runtime.executor import LocalExecutor, train_batched
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.node import Node, PreparedBlock
+from torchchain.runtime.secure import SecureClient, SecureRound
 from torchchain.telemetry import RunWriter
 from torchchain.updates.delta import compute_delta, flatten, unflatten
 from torchchain.updates.serialize import update_from_bytes, update_to_bytes
@@ -418,6 +427,57 @@ class Simulation:
         generator = derive_generator(self.settings.seed, "tamper", round, index)
         return lambda payload: self.attack.tamper_payload(payload, generator=generator)
 
+    def _dropouts(self, round: int, sampled: list[Client]) -> set[str]:
+        """The sampled clients that drop out of a secagg round after dealing shares (``privacy.dropout``)."""
+        count = math.floor(self.settings.privacy.dropout * len(sampled) + 1e-9)
+        order = torch.randperm(len(sampled), generator=derive_generator(self.settings.seed, "dropout", round))
+        return {sampled[i].public_key for i in order[:count].tolist()}
+
+    def _secure_submissions(
+        self, round: int, base_hash: str, sample: frozenset[str], sampled: list[Client],
+        deltas: Mapping[int, Mapping[str, torch.Tensor]], seconds: dict[str, float],
+    ) -> tuple[list[Submission], SecureRound]:
+        """Run the secure-aggregation protocol up to the masked inputs; return them (signed) and
+        the node's side of the round, which gathers the reveals when the node asks."""
+        start = time.perf_counter()
+        config = self.rules.secagg
+        assert config is not None
+        noise_seed = self.settings.privacy.noise_seed
+        clients = {
+            c.public_key: SecureClient(
+                c.key, round, seed=hashlib.sha256(f"torchchain/secagg/{noise_seed}/{round}/{c.index}".encode()).digest()
+            )
+            for c in sampled
+        }
+        dropouts = self._dropouts(round, sampled)
+        server = SecureRound(
+            round_number=round, sample=sample, config=config,
+            reveal=lambda request: {k: clients[k].reveal(request, config) for k in request.survivors if k in clients},
+        )
+        view = server.collect_keys({key: client.advertise() for key, client in clients.items()})
+        # Shares need at least `threshold` holders: with fewer keys nobody deals and the round fails.
+        roster = set() if server.roster is None or len(server.roster) < config.threshold else set(server.roster.clients)
+        inboxes = server.route(
+            {key: client.deal(view, sample=sample, config=config) for key, client in clients.items() if key in roster}
+        )
+        view = server.view()
+        submissions = []
+        forging = self.attack.forges_transactions
+        if len(server.participants) >= config.threshold:
+            for c in sampled:
+                key = c.public_key
+                if key not in server.participants or key in dropouts or (forging and c.byzantine):
+                    continue
+                payload = clients[key].mask(flatten(deltas[c.index]), inboxes[key], view, sample=sample, config=config)
+                submissions.append(
+                    c.sign_payload(
+                        payload, round=round, base_hash=base_hash, codec_tag=SECAGG_CODEC, seconds=seconds,
+                        tamper=self._tamper(round, c.index) if c.byzantine else None,
+                    )
+                )
+        seconds["secagg"] = time.perf_counter() - start
+        return submissions, server
+
     def run_round(self, round: int) -> tuple[PreparedBlock, dict[str, float], dict[str, float]]:
         """Run one round; return the node's outcome, per-phase seconds and update norms by client label."""
         seconds: dict[str, float] = {}
@@ -429,15 +489,19 @@ class Simulation:
         self._poison(round, deltas, seconds)
         norms = {c.label: float(flatten(deltas[c.index]).norm()) for c in sampled}
         forging = self.attack.forges_transactions
-        submissions: list[Submission] = [
-            c.submit(
-                deltas[c.index], round=round, base_hash=base_hash, seconds=seconds, codec=self.rules.codec,
-                generator=derive_generator(self.settings.seed, "codec", round, c.index),
-                tamper=self._tamper(round, c.index) if c.byzantine else None,
-            )
-            for c in sampled
-            if not (forging and c.byzantine)
-        ]
+        secure = None
+        if self.rules.secagg is not None:
+            submissions, secure = self._secure_submissions(round, base_hash, sample, sampled, deltas, seconds)
+        else:
+            submissions = [
+                c.submit(
+                    deltas[c.index], round=round, base_hash=base_hash, seconds=seconds, codec=self.rules.codec,
+                    generator=derive_generator(self.settings.seed, "codec", round, c.index),
+                    tamper=self._tamper(round, c.index) if c.byzantine else None,
+                )
+                for c in sampled
+                if not (forging and c.byzantine)
+            ]
         if forging:
             submissions += self._forged_submissions(round, base_hash, deltas)
         reference = None
@@ -445,7 +509,7 @@ class Simulation:
             start = time.perf_counter()
             reference = self._train_delta(self.root, derive_generator(self.settings.seed, "train", round, "node"), None)
             seconds["reference"] = time.perf_counter() - start
-        outcome = self.node.prepare(round, submissions, self.global_state, reference=reference)
+        outcome = self.node.prepare(round, submissions, self.global_state, reference=reference, secure=secure)
         # The block's public aggregate, observed before the checkpoint so that the attack state saved
         # with the block includes it.
         self.attack.observe_aggregate(flatten(compute_delta(outcome.model, self.global_state)))
@@ -564,6 +628,15 @@ class Simulation:
                 "target_epsilon": self.rules.privacy.target_epsilon,
                 "stopped_at_round": stopped_by_budget,
             }
+        if self.rules.secagg is not None:
+            records = [RoundRecord.from_block(b).secagg for b in self.ledger.iter_blocks(1)]
+            records = [r for r in records if r is not None]
+            summary["privacy"].update(
+                threshold=self.rules.secagg.threshold,
+                dropped=sum(len(r.dropped) for r in records),
+                rejected=sum(len(r.rejected) + len(r.refused) for r in records),
+                failed_rounds=sum(1 for r in records if r.failure is not None),
+            )
         if self.data.task == "regression":
             del summary["final_accuracy"]
         else:
@@ -596,6 +669,8 @@ class Simulation:
             scalars["chain/bytes_per_update"] = sum(outcome.update_bytes) / len(outcome.update_bytes)
         if outcome.result.epsilon is not None:
             scalars["privacy/epsilon"] = outcome.result.epsilon
+        if outcome.result.secagg is not None:
+            scalars["privacy/dropped"] = len(outcome.result.secagg.outcome.dropped)
         self.writer.scalars(rnd, scalars)
         self.writer.update_norms(rnd, norms)
         self.writer.trust(rnd, {self._labels[c.public_key]: outcome.trust.get(c.public_key, 0.0) for c in self.clients})
