@@ -167,3 +167,16 @@ def test_bad_privacy_values_fail_before_training(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key):
         _run(tmp_path, "bad", ["privacy=client_dp", override])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [["strategy=centered_clipping", "strategy.tau=auto", "strategy.momentum=0.5"], ["strategy=krum", "clients=5"], ["strategy=geomed"]],
+)
+def test_privacy_composes_with_stateful_and_robust_rules_under_attack(tmp_path, strategy):
+    # The privacy ledger shares the round state with the strategy's own state (centered
+    # clipping's centre and momentum); both must replay, under an omniscient attack.
+    summary = _run(tmp_path, "mixed", ["privacy=client_dp", "privacy.noise_seed=2", "attack=alie", "rounds=2", *strategy])
+    assert summary["privacy"]["epsilon"] == pytest.approx(_opacus_epsilon(1.0, 1.0, 2, 1e-5), rel=1e-12)
+    report = audit_ledger(tmp_path / "mixed" / "ledger")
+    assert len(report.rounds) == 2
