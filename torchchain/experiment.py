@@ -453,6 +453,99 @@ def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
     return summary
 
 
+def _peer_runtime(cfg: DictConfig, *, resuming: bool) -> tuple[str, int, float, str] | None:
+    """``(runtime.kind, runtime.peers, runtime.timeout, runtime.backend)`` when the run is one of
+    peers (``runtime=distributed``, or ``runtime.peers`` above 1), else ``None``.
+
+    Raises:
+        ConfigError: An unknown kind, a bad peer count or timeout, or ``resume=`` for peers.
+    """
+    kind = OmegaConf.select(cfg, "runtime.kind", default="simulation")
+    if kind not in ("simulation", "distributed"):
+        raise ConfigError(f"runtime.kind must be simulation or distributed, got {kind!r}")
+    peers = OmegaConf.select(cfg, "runtime.peers", default=1)
+    if kind == "distributed" and peers is None:
+        peers = 0  # the world size torchrun sets
+    elif isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= 256:
+        raise ConfigError(f"runtime.peers must be an integer in [1, 256] (1: one mining node), got {peers!r}")
+    if kind == "simulation" and peers == 1:
+        return None
+    timeout = OmegaConf.select(cfg, "runtime.timeout", default=60)
+    if not _is_number(timeout) or not 0 < timeout <= 86_400:
+        raise ConfigError(f"runtime.timeout must be a number of seconds in (0, 86400], got {timeout!r}")
+    backend = str(OmegaConf.select(cfg, "runtime.backend", default="auto"))
+    if backend not in ("auto", "gloo", "nccl"):
+        raise ConfigError(f"runtime.backend must be auto, gloo or nccl, got {backend!r}")
+    if resuming:
+        raise ConfigError("resume= does not continue a run of peers yet; start a new run")
+    return kind, peers, float(timeout), backend
+
+
+def _run_peers(
+    run_dir: Path,
+    peer_run: tuple[str, int, float, str],
+    *,
+    data: TaskData,
+    model: torch.nn.Module,
+    settings: SimulationSettings,
+    recorded: dict[str, Any],
+    trusted: tuple[str, ...],
+) -> dict[str, Any]:
+    """Run the peers (:mod:`torchchain.runtime.peer`) and write this process's ``summary.json``:
+    in process, rank 0's view; under torchrun, this rank's."""
+    import time
+
+    from torchchain.runtime.peer import run_in_process, run_peer
+
+    kind, peers, timeout, backend = peer_run
+    started = time.perf_counter()
+    common = {"data": data, "model": model, "settings": settings, "config": recorded, "trusted": trusted}
+    if kind == "distributed":
+        from torchchain.runtime.transport import DistributedTransport
+
+        transport = DistributedTransport(timeout=timeout, backend=None if backend == "auto" else backend)
+        if peers and transport.world_size != peers:
+            transport.close()
+            raise ConfigError(f"runtime.peers={peers} but torchrun started {transport.world_size} processes")
+        world = transport.world_size
+        try:
+            outcomes = [run_peer(transport, run_dir=run_dir, **common)]
+        finally:
+            transport.close()
+    else:
+        world = peers
+        outcomes = run_in_process(run_dir=run_dir, peers=peers, timeout=timeout, **common)
+    mine = outcomes[0]
+    if mine.error is not None:
+        raise mine.error
+    metrics = {f"final_{k}": v for k, v in mine.metrics.items() if k in ("accuracy", "loss", "rmse")}
+    summary: dict[str, Any] = {
+        **metrics,
+        "rounds": settings.rounds,
+        "blocks": mine.height + 1,
+        "ledger": str(mine.ledger.resolve()),
+        "head": mine.head,
+        "model_hash": mine.model_hash,
+        "peers": world,
+        "rank": mine.rank,
+        "rejected_proposals": len(mine.rejections()),
+        "wall_seconds": time.perf_counter() - started,
+        "clients": settings.clients,
+    }
+    if kind == "simulation":
+        summary["heads"] = [o.head for o in outcomes]
+    if mine.rank != 0:  # under torchrun every rank shares the run folder; rank 0 writes the summary
+        return summary
+    write_atomic(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    print(
+        f"\ntorchchain: rank {mine.rank}: {mine.height} blocks committed by a majority of the peers, head "
+        f"{mine.head[:12]}, {summary['rejected_proposals']} proposals rejected\n"
+        f"  ledger:  {summary['ledger']}  (check it: torchchain audit {summary['ledger']})\n"
+        f"  summary: {run_dir / 'summary.json'}"
+    )
+    return summary
+
+
 def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Validate ``cfg``, train, and write ``summary.json`` into ``run_dir``.
 
@@ -477,6 +570,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
         print(f"torchchain: resuming {run_dir}")
     run_dir = Path(run_dir)
     _check_config(cfg)  # every value that needs no data, before anything is built
+    peer_run = _peer_runtime(cfg, resuming=resuming)
     clients = _positive_int(cfg, "clients")
     device = resolve_device(str(cfg.device))
     attack = _instantiate(cfg.attack, "attack", Attack)
@@ -522,6 +616,8 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
     if not resuming:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    if peer_run is not None:
+        return _run_peers(run_dir, peer_run, data=data, model=model, settings=settings, recorded=recorded, trusted=trusted)
     writer = RunWriter(run_dir / "tensorboard")
     writer.config(OmegaConf.to_yaml(cfg))
     try:

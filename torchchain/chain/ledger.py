@@ -4,6 +4,8 @@ Layout::
 
     <path>/blocks/00000000-<hash>.json   one file per block: Block.to_bytes()
     <path>/blobs/<sha256>                update and model bytes, named by their SHA-256
+    <path>/attestations/<hash>.json      chains with several peers: the signed attestations that
+                                         committed block <hash> (torchchain.protocol.attestation)
 
     <path>/.lock                         held (flock) by the one process that writes
 
@@ -62,6 +64,7 @@ from torchchain.chain.pow import meets_difficulty
 from torchchain.errors import LedgerError, SerializationError
 
 __all__ = [
+    "ATTESTATIONS_DIR",
     "BLOBS_DIR",
     "BLOCKS_DIR",
     "LOCK_FILE",
@@ -84,6 +87,7 @@ __all__ = [
 
 BLOCKS_DIR = "blocks"
 BLOBS_DIR = "blobs"
+ATTESTATIONS_DIR = "attestations"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 MAX_BLOB_BYTES = 512 * 1024 * 1024
@@ -471,7 +475,7 @@ class Ledger:
 
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
-        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR):
+        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR, path / ATTESTATIONS_DIR):
             if directory.is_dir():
                 for name in os.listdir(directory):
                     if name.startswith(TMP_PREFIX):
@@ -788,6 +792,50 @@ class Ledger:
         if hashlib.sha256(data).hexdigest() != digest:
             raise LedgerError(f"blob {digest[:12]} is corrupt: its content does not hash to its name")
         return data
+
+    # -- attestations ----------------------------------------------------------------------
+
+    def attestations_path(self, block_hash: str) -> Path:
+        """Where the attestations of block ``block_hash`` are (or would be) stored.
+
+        Raises:
+            LedgerError: ``block_hash`` is not 64 lowercase hex characters.
+        """
+        if not isinstance(block_hash, str) or not _DIGEST_RE.fullmatch(block_hash):
+            raise LedgerError(f"a block hash is 64 lowercase hex characters, got {block_hash!r}")
+        return self._path / ATTESTATIONS_DIR / f"{block_hash}.json"
+
+    def put_attestations(self, block_hash: str, data: bytes) -> None:
+        """Stores the attestations of block ``block_hash`` (written atomically, replacing any
+        earlier file). Store them before appending the block: a crash in between leaves a
+        harmless file about a block that does not exist, never a block without them.
+
+        Raises:
+            LedgerError: The ledger was opened for reading, or the file cannot be written.
+        """
+        self._require_writer("store attestations")
+        path = self.attestations_path(block_hash)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        write_atomic(path, bytes(data))
+
+    def get_attestations(self, block_hash: str, *, max_bytes: int) -> bytes:
+        """The stored attestations of block ``block_hash``, as bytes (parse them with
+        :func:`torchchain.protocol.attestation.decode_attestation_set`).
+
+        Raises:
+            LedgerError: None are stored, or the file is not a regular file, is larger than
+                ``max_bytes`` (checked before reading) or cannot be read.
+        """
+        path = self.attestations_path(block_hash)
+        try:
+            return read_regular_file(path, max_bytes=max_bytes)
+        except FileNotFoundError:
+            raise LedgerError(f"no attestations are stored for block {block_hash[:12]} ({path})") from None
+        except LedgerError as exc:
+            raise LedgerError(f"attestations of block {block_hash[:12]}: {exc.reason}") from None
 
     # -- appending -------------------------------------------------------------------------
 

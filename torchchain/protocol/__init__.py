@@ -26,6 +26,13 @@ from typing import Any
 # Names are imported on first use, so that ``torchchain verify`` and ``inspect`` (which need only
 # the record schema) start without importing torch.
 _WHERE = {
+    "Attestation": "attestation",
+    "AttestationError": "attestation",
+    "Tally": "attestation",
+    "committed": "attestation",
+    "count_attestations": "attestation",
+    "decode_submissions": "bundle",
+    "encode_submissions": "bundle",
     "round_generator": "randomness",
     "round_randomness": "randomness",
     "Rejections": "record",
@@ -61,6 +68,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Attestation",
+    "AttestationError",
     "Rejections",
     "ReplayMismatch",
     "RoundContext",

@@ -9,6 +9,10 @@ every round block with :func:`~torchchain.protocol.round.replay_round`, the func
 outcome came from. Every accepted update must pass the submission check, and every model hash,
 trust weight, round state and randomness must be reproduced.
 
+When the genesis block lists more than one miner (a chain of peers, :mod:`torchchain.runtime.peer`),
+every round block must also carry the signed attestations of a strict majority of those peers
+(:mod:`torchchain.protocol.attestation`); the audit recounts them before replaying.
+
 The ledger may come from an enemy: blocks are streamed one at a time (memory stays bounded by
 the largest block), nothing is written, and the replay can start at any height from the model
 and round state the previous block commits to.
@@ -24,13 +28,29 @@ from pathlib import Path
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.chain.verify import VerifyReport
 from torchchain.errors import ConfigError, LedgerError, SerializationError
+from torchchain.protocol.attestation import (
+    AttestationError,
+    attestation_set_bound,
+    committed,
+    count_attestations,
+    decode_attestation_set,
+)
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.retention import first_retained_height
 from torchchain.protocol.round import ReplayMismatch, RoundRules, load_state_blob, replay_round
 from torchchain.protocol.verify import verify_ledger
 from torchchain.updates.serialize import update_from_bytes
 
-__all__ = ["ROUND_TABLE_HEADER", "AuditReport", "ReplayMismatch", "RoundReplay", "audit_ledger", "format_round"]
+__all__ = [
+    "ROUND_TABLE_HEADER",
+    "AttestationError",
+    "AuditReport",
+    "ReplayMismatch",
+    "RoundReplay",
+    "audit_ledger",
+    "format_round",
+    "recount_attestations",
+]
 
 _SHORT = 12
 
@@ -87,6 +107,9 @@ class AuditReport:
         skipped: The heights ``(first, last)`` not replayed because the retention rule let their
             update blobs be pruned, or ``None``.
         keep_updates: The chain's ``chain.keep_updates`` (``None``: all).
+        attested: For a chain of several peers, how many round blocks had their attestations
+            recounted (every one of the best chain); ``None`` for a chain with one miner.
+        peers: The number of peers (genesis miners).
     """
 
     verify: VerifyReport
@@ -94,6 +117,8 @@ class AuditReport:
     rounds: tuple[RoundReplay, ...]
     skipped: tuple[int, int] | None = None
     keep_updates: int | None = None
+    attested: int | None = None
+    peers: int = 1
 
     def summary(self) -> str:
         """The verification's line, the replay's, and which heights were not replayed and why."""
@@ -102,6 +127,11 @@ class AuditReport:
             f"audit OK: {len(self.rounds)} rounds replayed with {self.strategy}, every model hash and trust "
             f"weight matches; head {self.verify.head[:_SHORT]}",
         ]
+        if self.attested is not None:
+            lines.append(
+                f"attestations OK: each of {self.attested} round blocks is accepted by a strict majority of the "
+                f"{self.peers} peers, every signature valid"
+            )
         if self.skipped is not None:
             low, high = self.skipped
             lines.append(
@@ -152,6 +182,48 @@ def _model_at(ledger: Ledger, height: int) -> tuple[dict, dict]:
     return model, state
 
 
+def recount_attestations(ledger: Ledger) -> int:
+    """Recount the stored attestations of every round block of the best chain; the number of
+    blocks recounted.
+
+    Each block needs a stored attestation set (:meth:`Ledger.get_attestations`) whose entries
+    are all well-formed, validly signed attestations of that block, and whose accepting peers
+    (genesis miners, each counted once) are a strict majority of the genesis miners.
+
+    Raises:
+        AttestationError: The first block whose attestations are missing, malformed, forged or
+            short of a majority; ``.block`` names its file.
+    """
+    peers = ledger.miners
+    bound = attestation_set_bound(len(peers))
+    count = 0
+    for block in ledger.iter_blocks(1):
+        name = block_file_name(block)
+        try:
+            data = ledger.get_attestations(block.hash, max_bytes=bound)
+            attestations = decode_attestation_set(data, block_hash=block.hash, height=block.header.height, max_bytes=bound)
+        except LedgerError as exc:
+            raise AttestationError(
+                f"{exc.reason}: the block has no strict majority of attesting peers on record", peers=len(peers), block=name
+            ) from None
+        except SerializationError as exc:
+            raise AttestationError(f"the stored attestations are not valid: {exc}", peers=len(peers), block=name) from None
+        tally = count_attestations(attestations, peers, block.hash)
+        if tally.invalid:
+            peer, reason = tally.invalid[0]
+            raise AttestationError(
+                f"the attestation of {peer[:12]} is not counted ({reason})", accepts=tally.accepts, peers=len(peers), block=name
+            )
+        if not committed(tally, len(peers)):
+            raise AttestationError(
+                f"only {tally.accepts} of the {len(peers)} peers accepted the block; committing it needs a strict "
+                f"majority ({len(peers) // 2 + 1})",
+                accepts=tally.accepts, peers=len(peers), block=name,
+            )
+        count += 1
+    return count
+
+
 def audit_ledger(
     path: str | os.PathLike[str],
     *,
@@ -176,6 +248,9 @@ def audit_ledger(
         The report; every replayed round in it matches.
 
     Raises:
+        AttestationError: A chain of several peers (more than one genesis miner) holds a round
+            block without valid attestations from a strict majority of them (checked before
+            the replay); ``.block`` names the block file.
         ReplayMismatch: The first block that the replay does not reproduce, or that accepted an
             update the rules reject; ``.block`` names the block file.
         LedgerError: Verification failed, a blob cannot be decoded, or the recorded protocol
@@ -186,6 +261,7 @@ def audit_ledger(
     ledger = Ledger.open(Path(path))
     if type(start) is not int or not 1 <= start <= max(ledger.height, 1):
         raise LedgerError(f"start must be a height in [1, {ledger.height}], got {start!r}")
+    attested = recount_attestations(ledger) if len(ledger.miners) > 1 else None
     rules = _genesis_rules(ledger, trust)
     retained = first_retained_height(ledger.height, rules.keep_updates)
     skipped = None
@@ -224,4 +300,7 @@ def audit_ledger(
         if on_round is not None:
             on_round(replay)
         rounds.append(replay)
-    return AuditReport(verify=report, strategy=target, rounds=tuple(rounds), skipped=skipped, keep_updates=rules.keep_updates)
+    return AuditReport(
+        verify=report, strategy=target, rounds=tuple(rounds), skipped=skipped, keep_updates=rules.keep_updates,
+        attested=attested, peers=len(ledger.miners),
+    )

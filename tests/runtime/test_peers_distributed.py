@@ -1,0 +1,126 @@
+"""Peers as real torch.distributed (gloo) processes on loopback: the same protocol as in process,
+each process with its own ledger, ending on the same head."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+WORLD = 3
+SEED = 0
+CONFIG = {
+    "seed": SEED,
+    "clients": 4,
+    "byzantine": 0,
+    "strategy": {"_target_": "torchchain.strategies.Median", "f": None, "pre": []},
+    "chain": {"difficulty": 8, "max_update_mb": 64},
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, run_dir: str, faulty: int | None) -> None:
+    """One peer in its own process: builds the same task as every other rank, runs every round."""
+    from torchchain.data import load_digits
+    from torchchain.models import LinearRegression
+    from torchchain.runtime.client import LocalTraining
+    from torchchain.runtime.peer import run_peer
+    from torchchain.runtime.peer_behaviour import PeerFault
+    from torchchain.runtime.simulation import SimulationSettings
+    from torchchain.runtime.transport import DistributedTransport
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
+    data = load_digits(test_fraction=0.2, seed=SEED)
+    torch.manual_seed(SEED)  # every process builds the same initial model
+    model = LinearRegression(input_shape=list(data.input_shape), num_outputs=data.num_outputs)
+    settings = SimulationSettings(
+        clients=4, rounds=2, byzantine=0, seed=SEED, device=torch.device("cpu"),
+        training=LocalTraining(epochs=1, batch_size=32, lr=0.3), difficulty=8, progress=False,
+    )
+    transport = DistributedTransport(timeout=20, backend="gloo")
+    try:
+        outcome = run_peer(
+            transport, data=data, model=model, settings=settings, config=CONFIG, run_dir=run_dir,
+            fault=PeerFault("wrong_model") if rank == faulty else None,
+        )
+    finally:
+        transport.close()
+    record = {
+        "rank": rank,
+        "height": outcome.height,
+        "head": outcome.head,
+        "model_hash": outcome.model_hash,
+        "error": None if outcome.error is None else str(outcome.error),
+        "ledger": str(outcome.ledger),
+        "events": [[e.kind, e.rank, e.reason] for e in outcome.events],
+    }
+    Path(run_dir, f"peer-{rank}.json").write_text(json.dumps(record))
+
+
+def _spawn(tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0) -> dict[int, dict]:
+    """Run WORLD peer processes; their records by rank. Fails, never hangs."""
+    # A fork server imports torch and torchchain once and forks every rank from it.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_forkserver_preload(["torchchain.runtime.peer", "pytest"])
+        start_method = "forkserver"
+    else:
+        start_method = "spawn"
+    context = mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path), faulty), nprocs=WORLD, join=False, start_method=start_method
+    )
+    deadline = time.monotonic() + limit
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"peer processes still running after {limit:g} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in context.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    return {
+        rank: json.loads((tmp_path / f"peer-{rank}.json").read_text())
+        for rank in range(WORLD)
+        if (tmp_path / f"peer-{rank}.json").exists()
+    }
+
+
+@pytest.mark.distributed
+def test_gloo_peers_end_with_identical_audited_ledgers(tmp_path):
+    from torchchain.protocol.audit import audit_ledger
+
+    start = time.monotonic()
+    records = _spawn(tmp_path, faulty=2)
+    assert sorted(records) == [0, 1, 2]
+    assert [r["error"] for r in records.values()] == [None, None, None]
+    assert {r["height"] for r in records.values()} == {2}
+    assert len({r["head"] for r in records.values()}) == 1
+    for rank in (0, 1):
+        rejected = [reason for kind, who, reason in records[rank]["events"] if kind == "rejected"]
+        assert len(rejected) == 2 and all("not the aggregate" in r for r in rejected)
+    files = [
+        {str(p.relative_to(r["ledger"])): p.read_bytes() for p in Path(r["ledger"]).rglob("*") if p.is_file() and p.name != ".lock"}
+        for r in records.values()
+    ]
+    assert files[0] == files[1] == files[2]
+    assert audit_ledger(records[0]["ledger"]).attested == 2
+    assert time.monotonic() - start < 60
