@@ -24,25 +24,10 @@ class OptimalALIE(ScaleSearchAttack):
     ``k - 1``, as ByzFL; zero with one honest update), unlike :class:`~torchchain.attacks.ALIE`,
     which follows the ALIE authors' population standard deviation.
 
-    Each round, ``z`` maximises ``||aggregate(honest + f copies of mu + z * sigma) - mu||_2``,
-    with ``aggregate`` the round's rule lent by the runtime (:meth:`observe_defence`) and ``f``
-    the run's number of malicious clients, found by
-    :func:`~torchchain.attacks.kernels.expand_contract_search`: ``evals`` evaluations, an
-    expansion from ``start`` by steps ``delta, 2 delta, 4 delta, ...`` while the distance grows,
-    then a contraction by ``ratio``. The defaults are ByzFL's. The search runs once per round:
-    every malicious client of the round sends the same vector, and a randomised rule
-    (bucketing) is simulated with one seed drawn from the first malicious client's generator.
-    Omniscient: needs the round's honest updates.
+    Each round ``z`` is searched to move the aggregate of the round's rule furthest from the
+    honest mean (see :class:`~torchchain.attacks.scale_search.ScaleSearchAttack`).
 
-    Args:
-        evals: Evaluations of the defence per round, an int in ``[1, 1000]``; default 20.
-        start: The first ``z`` tried, finite; default 0.0.
-        delta: The first step, finite and non-zero (its sign is the search direction);
-            default 10.0.
-        ratio: The step's contraction factor, in ``(0.5, 1)``; default 0.8.
-
-    Raises:
-        ConfigError: If an argument is out of its range.
+    Arguments (``evals``, ``start``, ``delta``, ``ratio``) and the search: :class:`ScaleSearchAttack`.
     """
 
     name = "optimal_alie"
