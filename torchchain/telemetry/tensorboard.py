@@ -8,6 +8,8 @@ Tags: ``eval/accuracy``, ``eval/loss``, ``eval/rmse``, ``chain/height``, ``chain
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,7 +49,10 @@ class RunWriter:
         """
         if not norms:
             return
-        self._writer.add_histogram("clients/update_norm", torch.tensor(list(norms.values())), step)
+        # An overflowed update has an infinite norm; the histogram takes the finite ones.
+        finite = [value for value in norms.values() if math.isfinite(value)]
+        if finite:
+            self._writer.add_histogram("clients/update_norm", torch.tensor(finite), step)
         for label, value in norms.items():
             self._writer.add_scalar(f"clients/update_norm/{label}", value, step)
 
