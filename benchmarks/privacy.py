@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/privacy.py --out benchmarks/results/privacy            # digits, minutes
-    python benchmarks/privacy.py --dataset mnist --rounds 10 --sigmas 1.0 \\
-        --mechanisms none,dpsgd --out benchmarks/results/privacy_mnist        # ../shared/data
+    python benchmarks/privacy.py --dataset mnist --rounds 20 --sigmas 1.0 --mechanisms none,dpsgd \\
+        --extra "local_steps=10 batch_size=64" --out benchmarks/results/privacy_mnist   # ../shared/data
 
 Each cell is one call of ``torchchain.experiment.run`` (as ``python train.py <overrides>``)
 with ``privacy=<mechanism> privacy.noise_multiplier=<sigma>``, for each strategy (FedAvg and the
@@ -45,7 +45,7 @@ PARTITIONS = {"iid": ("partition.kind=iid",), "shards": ("partition.kind=shards"
 def _cell_overrides(args: argparse.Namespace, mechanism: str, sigma: float | None, strategy: str, partition: str) -> list[str]:
     overrides = [
         *DATASETS[args.dataset], *PARTITIONS[partition], f"rounds={args.rounds}", f"seed={args.seed}",
-        "runtime.progress=false", *strategy_overrides(strategy), f"privacy={mechanism}",
+        "runtime.progress=false", *strategy_overrides(strategy), f"privacy={mechanism}", *args.extra.split(),
     ]
     if mechanism != "none":
         overrides += [f"privacy.noise_multiplier={sigma}", "privacy.noise_seed=0"]
@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", type=float, default=0.5, help="client_dp's L2 bound on a whole update")
     parser.add_argument("--strategies", default="fedavg,median")
     parser.add_argument("--partitions", default="iid,shards")
+    parser.add_argument("--extra", default="", help="space-separated Hydra overrides added to every run")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", type=Path, default=None, help="default: outputs/privacy/<dataset>")
     parser.add_argument("--rerun", action="store_true")
@@ -101,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        f"{args.dataset}, {args.rounds} rounds, seed {args.seed}; epsilon at delta=1e-5 as the ledger records it",
+        f"{args.dataset}, {args.rounds} rounds, seed {args.seed}{', ' + args.extra if args.extra else ''}; "
+        "epsilon at delta=1e-5 as the ledger records it",
         "",
         "| mechanism | sigma | epsilon | partition | strategy | accuracy | s/round |",
         "|---|---|---|---|---|---|---|",
