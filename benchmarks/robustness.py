@@ -11,11 +11,16 @@ Usage::
 Each cell of the matrix (attack x strategy) is one in-process call of
 ``torchchain.experiment.run`` on a config composed with Hydra's Compose API from the repo's
 ``conf/``, exactly what ``python train.py <overrides>`` would run. A strategy name may carry
-pre-aggregation steps after ``+``: ``krum+bucketing`` is ``strategy=krum strategy.pre=[bucketing]``.
+pre-aggregation steps after ``+``: ``krum+bucketing`` is ``strategy=krum strategy.pre=[bucketing]``,
+and arguments after ``:``: ``centered_clipping:tau=auto+bucketing``. Under the table, the row
+``worst case`` gives each strategy's lowest accuracy over every attack but ``none`` (as ByzFL's
+benchmark reports it), with the attack that reached it.
 
 Settings:
     quick: the bundled digits data, 10 clients of which 2 are malicious, iid partition, 30
         rounds. Minutes on two CPU cores.
+    quick-noniid: the same with label-sorted shards (2 per client), where rules that assume
+        similar honest updates fall apart; its default columns are the rules that separate.
     full: MNIST from ``../shared/data`` (no download), 25 clients of which 5 are malicious,
         label-sorted shards (2 per client), the default CNN, and the distributed-SGD setting of
         Karimireddy, He and Jaggi (2022), "Byzantine-Robust Learning on Heterogeneous Datasets
@@ -74,8 +79,11 @@ STRATEGY_ORDER = (
 )
 ATTACK_ORDER = (
     "none", "signflip", "gaussian", "labelflip", "alie", "ipm", "minmax", "minsum", "mimic",
-    "backdoor", "replay", "sybil", "malformed",
+    "rop", "optimal_alie", "optimal_ipm", "backdoor", "replay", "sybil", "malformed",
 )
+#: The row under the table: each strategy's lowest accuracy over every attack but ``none``
+#: (the worst case, as ByzFL's benchmark reports it).
+WORST_CASE = "worst case"
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,20 @@ def _settings() -> dict[str, Setting]:
             curve_attack="gaussian",
             curve_strategies=("fedavg", "median", "krum", "centered_clipping"),
             curve_byzantine=(0, 1, 2, 3, 4),
+        ),
+        "quick-noniid": Setting(
+            overrides=(
+                "dataset=digits", "clients=10", "partition.kind=shards", "partition.shards_per_client=2",
+            ),
+            byzantine=2,
+            strategies=(
+                "fedavg", "median", "trimmed_mean", "krum", "geomed", "median+bucketing",
+                "centered_clipping:tau=auto", "centered_clipping:tau=auto+bucketing",
+                "centered_clipping:tau=0.5+bucketing",
+            ),
+            curve_attack="alie",
+            curve_strategies=("median", "centered_clipping:tau=auto+bucketing"),
+            curve_byzantine=(0, 1, 2, 3),
         ),
         "full": Setting(
             overrides=(
@@ -161,9 +183,19 @@ class Result:
 
 
 def strategy_overrides(spec: str) -> list[str]:
-    """``"krum+bucketing"`` -> ``["strategy=krum", "strategy.pre=[bucketing]"]``."""
-    name, *pre = spec.split("+")
-    return [f"strategy={name}", *([f"strategy.pre=[{','.join(pre)}]"] if pre else [])]
+    """A column name as Hydra overrides: ``NAME[:KEY=VALUE...][+STEP...]``.
+
+    ``"krum+bucketing"`` -> ``["strategy=krum", "strategy.pre=[bucketing]"]``;
+    ``"centered_clipping:tau=auto+bucketing"`` -> ``["strategy=centered_clipping",
+    "strategy.tau=auto", "strategy.pre=[bucketing]"]``.
+    """
+    rule, *pre = spec.split("+")
+    name, *arguments = rule.split(":")
+    return [
+        f"strategy={name}",
+        *(f"strategy.{argument}" for argument in arguments),
+        *([f"strategy.pre=[{','.join(pre)}]"] if pre else []),
+    ]
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
@@ -327,7 +359,13 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     shared = [*setting.overrides, *([f"rounds={rounds}"] if rounds is not None else []), f"byzantine={setting.byzantine}"]
     cells = {key: cell_text(results) for key, results in matrix.items()}
-    table = markdown_table(attacks, strategies, cells)
+    attacked = [a for a in attacks if a != "none"]
+    if attacked:
+        for strategy in strategies:
+            means = [_mean([r.accuracy for r in matrix[a, strategy]]) for a in attacked]
+            known = [(m, a) for m, a in zip(means, attacked) if m is not None]
+            cells[WORST_CASE, strategy] = f"**{min(known)[0]:.3f}** ({min(known)[1]})" if known else "-"
+    table = markdown_table([*attacks, *([WORST_CASE] if attacked else [])], strategies, cells)
     round_costs = [r.round_seconds for rs in matrix.values() for r in rs if r.round_seconds is not None]
     run_seconds = [r.wall_seconds for r in _unique([*(r for rs in matrix.values() for r in rs), *curves])
                    if r.wall_seconds is not None]
