@@ -7,10 +7,12 @@ from Hydra's Compose API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import dataclasses
-from collections.abc import Mapping, Sequence
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -453,13 +455,40 @@ def _finished_summary(run_dir: Path, rounds: int) -> dict[str, Any] | None:
     return summary
 
 
-def _peer_runtime(cfg: DictConfig, *, resuming: bool) -> tuple[str, int, float, str] | None:
-    """``(runtime.kind, runtime.peers, runtime.timeout, runtime.backend)`` when the run is one of
-    peers (``runtime=distributed``, or ``runtime.peers`` above 1), else ``None``.
+@dataclasses.dataclass(frozen=True)
+class _PeerRun:
+    """How a run of peers is set up (``runtime.*``), checked."""
+
+    kind: str  # simulation (threads of this process) | distributed (one torchrun process each)
+    peers: int  # 0: the world size torchrun sets
+    timeout: float
+    backend: str
+    byzantine_peers: int
+    peer_fault: str
+
+    def faults(self, world: int) -> dict[int, Any]:
+        """The faulty peers by rank: the ``byzantine_peers`` highest ranks, colluding."""
+        from torchchain.runtime.peer_behaviour import PeerFault
+
+        if self.byzantine_peers >= world:
+            raise ConfigError(
+                f"runtime.byzantine_peers={self.byzantine_peers} but the run has {world} peers: at least one peer "
+                "must be honest; lower runtime.byzantine_peers"
+            )
+        faulty = set(range(world - self.byzantine_peers, world))
+        return {rank: PeerFault(self.peer_fault, coalition=faulty - {rank}) for rank in sorted(faulty)}
+
+
+def _peer_runtime(cfg: DictConfig) -> _PeerRun | None:
+    """How the run's peers are set up when it is a run of peers (``runtime=distributed``, or
+    ``runtime.peers`` above 1), else ``None``.
 
     Raises:
-        ConfigError: An unknown kind, a bad peer count or timeout, or ``resume=`` for peers.
+        ConfigError: An unknown kind, a bad peer count, timeout, backend, ``runtime.byzantine_peers``
+            or ``runtime.peer_fault``, or faulty peers asked of a run with one node.
     """
+    from torchchain.runtime.peer_behaviour import Fault
+
     kind = OmegaConf.select(cfg, "runtime.kind", default="simulation")
     if kind not in ("simulation", "distributed"):
         raise ConfigError(f"runtime.kind must be simulation or distributed, got {kind!r}")
@@ -468,57 +497,109 @@ def _peer_runtime(cfg: DictConfig, *, resuming: bool) -> tuple[str, int, float, 
         peers = 0  # the world size torchrun sets
     elif isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= 256:
         raise ConfigError(f"runtime.peers must be an integer in [1, 256] (1: one mining node), got {peers!r}")
+    byzantine_peers = OmegaConf.select(cfg, "runtime.byzantine_peers", default=0)
+    if isinstance(byzantine_peers, bool) or not isinstance(byzantine_peers, int) or byzantine_peers < 0:
+        raise ConfigError(f"runtime.byzantine_peers must be a count of faulty peers >= 0, got {byzantine_peers!r}")
+    fault = OmegaConf.select(cfg, "runtime.peer_fault", default=Fault.WRONG_MODEL.value)
+    if fault not in {f.value for f in Fault}:
+        raise ConfigError(
+            f"runtime.peer_fault must be one of {', '.join(f.value for f in Fault)} (what a faulty peer does), "
+            f"got {fault!r}"
+        )
     if kind == "simulation" and peers == 1:
+        if byzantine_peers:
+            raise ConfigError(
+                f"runtime.byzantine_peers={byzantine_peers} needs a run of peers: set runtime.peers to the number of "
+                "peers (e.g. runtime.peers=4), or use runtime=distributed"
+            )
         return None
+    if peers and byzantine_peers >= peers:
+        raise ConfigError(
+            f"runtime.byzantine_peers={byzantine_peers} of runtime.peers={peers}: at least one peer must be honest; "
+            "lower runtime.byzantine_peers"
+        )
+    if byzantine_peers and fault == Fault.BAD_NONCE.value and OmegaConf.select(cfg, "chain.difficulty") == 0:
+        raise ConfigError(
+            "runtime.peer_fault=bad_nonce needs chain.difficulty > 0: at difficulty 0 every nonce is valid"
+        )
     timeout = OmegaConf.select(cfg, "runtime.timeout", default=60)
     if not _is_number(timeout) or not 0 < timeout <= 86_400:
         raise ConfigError(f"runtime.timeout must be a number of seconds in (0, 86400], got {timeout!r}")
     backend = str(OmegaConf.select(cfg, "runtime.backend", default="auto"))
     if backend not in ("auto", "gloo", "nccl"):
         raise ConfigError(f"runtime.backend must be auto, gloo or nccl, got {backend!r}")
-    if resuming:
-        raise ConfigError("resume= does not continue a run of peers yet; start a new run")
-    return kind, peers, float(timeout), backend
+    return _PeerRun(
+        kind=kind, peers=peers, timeout=float(timeout), backend=backend, byzantine_peers=byzantine_peers,
+        peer_fault=fault,
+    )
 
 
 def _run_peers(
     run_dir: Path,
-    peer_run: tuple[str, int, float, str],
+    peer_run: _PeerRun,
     *,
     data: TaskData,
     model: torch.nn.Module,
+    attack: Attack,
     settings: SimulationSettings,
     recorded: dict[str, Any],
     trusted: tuple[str, ...],
+    resume: bool,
+    config_text: str,
+    hparams: dict[str, Any],
 ) -> dict[str, Any]:
     """Run the peers (:mod:`torchchain.runtime.peer`) and write this process's ``summary.json``:
-    in process, rank 0's view; under torchrun, this rank's."""
+    in process, rank 0's view; under torchrun, this rank's. Rank 0 alone writes TensorBoard
+    events (``<run>/tensorboard``)."""
     import time
 
     from torchchain.runtime.peer import run_in_process, run_peer
 
-    kind, peers, timeout, backend = peer_run
     started = time.perf_counter()
-    common = {"data": data, "model": model, "settings": settings, "config": recorded, "trusted": trusted}
-    if kind == "distributed":
-        from torchchain.runtime.transport import DistributedTransport
+    common = {
+        "data": data, "model": model, "attack": attack, "settings": settings, "config": recorded, "trusted": trusted,
+        "resume": resume,
+    }
+    writer = None
+    try:
+        if peer_run.kind == "distributed":
+            from torchchain.runtime.transport import DistributedTransport
 
-        transport = DistributedTransport(timeout=timeout, backend=None if backend == "auto" else backend)
-        if peers and transport.world_size != peers:
-            transport.close()
-            raise ConfigError(f"runtime.peers={peers} but torchrun started {transport.world_size} processes")
-        world = transport.world_size
-        try:
-            outcomes = [run_peer(transport, run_dir=run_dir, **common)]
-        finally:
-            transport.close()
-    else:
-        world = peers
-        outcomes = run_in_process(run_dir=run_dir, peers=peers, timeout=timeout, **common)
-    mine = outcomes[0]
+            backend = None if peer_run.backend == "auto" else peer_run.backend
+            transport = DistributedTransport(timeout=peer_run.timeout, backend=backend)
+            try:
+                world = transport.world_size
+                if peer_run.peers and world != peer_run.peers:
+                    raise ConfigError(f"runtime.peers={peer_run.peers} but torchrun started {world} processes")
+                faults = peer_run.faults(world)
+                _warn_faulty(peer_run.byzantine_peers, world, transport.rank)
+                if transport.rank == 0:
+                    writer = _peer_writer(run_dir, config_text)
+                on_round = None if writer is None else _round_logger(writer, data, settings)
+                outcomes = [
+                    run_peer(transport, run_dir=run_dir, fault=faults.get(transport.rank), on_round=on_round, **common)
+                ]
+            finally:
+                transport.close()
+        else:
+            world = peer_run.peers
+            faults = peer_run.faults(world)
+            _warn_faulty(peer_run.byzantine_peers, world, 0)
+            writer = _peer_writer(run_dir, config_text)
+            outcomes = run_in_process(
+                run_dir=run_dir, peers=world, timeout=peer_run.timeout, faults=faults,
+                on_round=_round_logger(writer, data, settings), **common,
+            )
+        mine = outcomes[0]
+        if writer is not None and mine.error is None:
+            writer.hparams(hparams, {f"final_{k}": v for k, v in mine.metrics.items() if k in ("accuracy", "loss", "rmse")})
+    finally:
+        if writer is not None:
+            writer.close()
     if mine.error is not None:
         raise mine.error
     metrics = {f"final_{k}": v for k, v in mine.metrics.items() if k in ("accuracy", "loss", "rmse")}
+    rounds = [s.seconds["round"] for s in mine.stats]
     summary: dict[str, Any] = {
         **metrics,
         "rounds": settings.rounds,
@@ -528,11 +609,19 @@ def _run_peers(
         "model_hash": mine.model_hash,
         "peers": world,
         "rank": mine.rank,
+        "byzantine_peers": sorted(faults),
+        "peer_fault": peer_run.peer_fault if faults else None,
         "rejected_proposals": len(mine.rejections()),
         "wall_seconds": time.perf_counter() - started,
+        "median_round_seconds": statistics.median(rounds) if rounds else 0.0,
+        "consensus_seconds": round(sum(s.consensus_seconds for s in mine.stats), 4),
+        "bytes_sent": sum(s.bytes_sent for s in mine.stats),
+        "bytes_received": sum(s.bytes_received for s in mine.stats),
+        "voted_out": sum(s.voted_out for s in mine.stats),
         "clients": settings.clients,
+        "byzantine": list(mine.byzantine_clients),
     }
-    if kind == "simulation":
+    if peer_run.kind == "simulation":
         summary["heads"] = [o.head for o in outcomes]
     if mine.rank != 0:  # under torchrun every rank shares the run folder; rank 0 writes the summary
         return summary
@@ -544,6 +633,76 @@ def _run_peers(
         f"  summary: {run_dir / 'summary.json'}"
     )
     return summary
+
+
+def _peer_writer(run_dir: Path, config_text: str) -> RunWriter:
+    writer = RunWriter(run_dir / "tensorboard")
+    writer.config(config_text)
+    return writer
+
+
+def _round_logger(writer: RunWriter, data: TaskData, settings: SimulationSettings) -> Callable[..., None]:
+    """What rank 0 logs after each committed round: the evaluation (every ``eval_every`` rounds
+    and at the last), the chain, and where the round's time went."""
+    from torchchain.protocol.record import RoundRecord
+    from torchchain.runtime.peer import evaluate_model
+
+    def log(peer: Any, block: Any, stats: Any) -> None:
+        round = block.header.round
+        scalars: dict[str, float] = {}
+        if round % settings.eval_every == 0 or round == settings.rounds:
+            metrics = evaluate_model(peer.model, peer.global_state, data, device=settings.device, attack=peer.attack)
+            scalars.update({f"eval/{k}": v for k, v in metrics.items()})
+        scalars.update(
+            {
+                "chain/height": peer.ledger.height,
+                "chain/mine_seconds": stats.seconds["mine"],
+                "chain/rejected": RoundRecord.from_block(block).rejected.total,
+                "chain/proposals": stats.proposals,
+                "chain/voted_out": stats.voted_out,
+                "chain/bytes_sent": stats.bytes_sent,
+                "chain/bytes_received": stats.bytes_received,
+                "time/round_seconds": stats.seconds["round"],
+                "time/consensus_seconds": stats.consensus_seconds,
+                **{f"time/{stage}": seconds for stage, seconds in stats.seconds.items() if stage != "round"},
+            }
+        )
+        writer.scalars(round, scalars)
+
+    return log
+
+
+def _check_validation(cfg: DictConfig, peer_run: _PeerRun | None) -> None:
+    """``validation``: its values, and that votes have peers to cast them."""
+    from torchchain.protocol.vote import VoteRules
+
+    section = cfg.get("validation")
+    if section is None:
+        return
+    rules = VoteRules.from_config({"validation": OmegaConf.to_container(section, resolve=True)})
+    if rules.votes and peer_run is None:
+        raise ConfigError(
+            "validation=vote needs a run of peers (every peer votes on every update): set runtime.peers to the "
+            "number of peers (e.g. runtime.peers=3), or use runtime=distributed"
+        )
+
+
+def _restarted_by_torchrun(peer_run: _PeerRun | None, run_dir: Path) -> bool:
+    """Whether torchrun restarted this process after a failure (``--max-restarts``) in a run
+    folder that already holds the run: then every rank continues from its ledger."""
+    if peer_run is None or peer_run.kind != "distributed":
+        return False
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return restarts.isdigit() and int(restarts) > 0 and (run_dir / "config.yaml").is_file()
+
+
+def _warn_faulty(faulty: int, world: int, rank: int) -> None:
+    if faulty and 2 * faulty >= world and rank == 0:
+        print(
+            f"torchchain: runtime.byzantine_peers={faulty} of {world} peers: the honest peers are no strict majority, "
+            "so nothing can be promised; they stop with 'no majority' (or 'outvoted') rather than follow a block "
+            "they refuse"
+        )
 
 
 def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -570,7 +729,11 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
         print(f"torchchain: resuming {run_dir}")
     run_dir = Path(run_dir)
     _check_config(cfg)  # every value that needs no data, before anything is built
-    peer_run = _peer_runtime(cfg, resuming=resuming)
+    peer_run = _peer_runtime(cfg)
+    _check_validation(cfg, peer_run)
+    if not resuming and _restarted_by_torchrun(peer_run, run_dir):
+        resuming = True
+        print(f"torchchain: restarted by torchrun; resuming {run_dir}")
     clients = _positive_int(cfg, "clients")
     device = resolve_device(str(cfg.device))
     attack = _instantiate(cfg.attack, "attack", Attack)
@@ -617,7 +780,11 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     if peer_run is not None:
-        return _run_peers(run_dir, peer_run, data=data, model=model, settings=settings, recorded=recorded, trusted=trusted)
+        return _run_peers(
+            run_dir, peer_run, data=data, model=model, attack=attack, settings=settings, recorded=recorded,
+            trusted=trusted, resume=resuming, config_text=OmegaConf.to_yaml(cfg),
+            hparams=_hparams(cfg, strategy, attack, byzantine, data.name),
+        )
     writer = RunWriter(run_dir / "tensorboard")
     writer.config(OmegaConf.to_yaml(cfg))
     try:

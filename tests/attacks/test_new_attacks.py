@@ -356,3 +356,17 @@ def test_a_resumed_rop_run_ends_where_an_unstopped_one_does(tmp_path, monkeypatc
     run_stopped_before(2, settings, tmp_path / "stopped", monkeypatch)
     resumed = run(compose_config([*FAST, f"resume={tmp_path / 'stopped'}"]), tmp_path / "unused")
     assert resumed["model_hash"] == reference["model_hash"]
+
+
+def test_a_searched_attack_that_blows_up_fedavg_leaves_a_run_that_finishes(tmp_path) -> None:
+    # Against the plain average the search grows the scale until the model overflows; the next
+    # rounds' honest updates are then not finite. The attack must hide among the updates the
+    # node will accept (not crash simulating the defence on NaN rows), the node rejects the
+    # overflowed ones, and logging copes with infinite norms.
+    settings = [
+        *FAST, "dataset=digits", "clients=10", "byzantine=2", "partition.kind=shards", "rounds=6",
+        "attack=optimal_ipm", "strategy=fedavg",
+    ]
+    summary = run(compose_config(settings), tmp_path)
+    assert verify_ledger(summary["ledger"]).height == 6
+    assert summary["rejected"] > 0

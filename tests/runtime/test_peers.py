@@ -53,14 +53,15 @@ def task():
     return data, model, settings
 
 
-def _run(task, run_dir: Path, *, peers: int = 3, faults=None, config=CONFIG, **changes):
+def _run(task, run_dir: Path, *, peers: int = 3, faults=None, config=CONFIG, attack=None, clock=None, **changes):
     data, model, settings = task
     if changes:
         import dataclasses
 
         settings = dataclasses.replace(settings, **changes)
     return run_in_process(
-        data=data, model=model, settings=settings, config=config, run_dir=run_dir, peers=peers, faults=faults, timeout=30
+        data=data, model=model, settings=settings, config=config, run_dir=run_dir, peers=peers, faults=faults,
+        attack=attack, timeout=30, clock=clock,
     )
 
 
@@ -164,7 +165,9 @@ def test_equivocation_is_also_caught_by_the_peer_that_got_the_other_block(task, 
 
 def test_half_the_peers_colluding_cannot_commit_a_wrong_model(task, tmp_path):
     faults = {2: PeerFault("wrong_model", coalition={3}), 3: PeerFault("wrong_model", coalition={2})}
-    outcomes = _run(task, tmp_path, peers=4, faults=faults)
+    # A fixed clock fixes every nonce: with the system clock an honest peer's nonce is 0 in one
+    # round of 256, and that peer then ties with the faulty ones for the first proposal.
+    outcomes = _run(task, tmp_path, peers=4, faults=faults, clock=lambda: 1_800_000_000_000)
     for outcome in outcomes[:2]:
         assert isinstance(outcome.error, ConsensusError) and outcome.error.code == "no_majority"
         assert "no majority: round 1" in str(outcome.error)
@@ -269,8 +272,12 @@ def test_audit_refuses_an_attestation_of_a_non_peer_or_a_rejection_posing_as_sup
 
 
 def test_unsupported_settings_are_refused_before_anything_is_written(task, tmp_path):
-    with pytest.raises(ConfigError, match="byzantine=1"):
-        _run(task, tmp_path, byzantine=1)
+    from torchchain.attacks import Replay
+
+    replay = Replay()
+    replay.setup(num_clients=CLIENTS, num_byzantine=1)
+    with pytest.raises(ConfigError, match="Replay forges transactions .* a run of peers does not have"):
+        _run(task, tmp_path, byzantine=1, attack=replay)
     with pytest.raises(ConfigError, match="peers must be a positive integer"):
         _run(task, tmp_path, peers=0)
     with pytest.raises(ConfigError, match="ranks \\[5\\]"):

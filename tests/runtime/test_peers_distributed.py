@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 WORLD = 3
 SEED = 0
+T0 = 1_800_000_000_000
 CONFIG = {
     "seed": SEED,
     "clients": 4,
@@ -31,7 +32,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, port: int, run_dir: str, faulty: int | None) -> None:
+def _worker(rank: int, port: int, run_dir: str, faulty: int | None, rounds: int = 2, resume: bool = False) -> None:
     """One peer in its own process: builds the same task as every other rank, runs every round."""
     from torchchain.data import load_digits
     from torchchain.models import LinearRegression
@@ -49,14 +50,16 @@ def _worker(rank: int, port: int, run_dir: str, faulty: int | None) -> None:
     torch.manual_seed(SEED)  # every process builds the same initial model
     model = LinearRegression(input_shape=list(data.input_shape), num_outputs=data.num_outputs)
     settings = SimulationSettings(
-        clients=4, rounds=2, byzantine=0, seed=SEED, device=torch.device("cpu"),
+        clients=4, rounds=rounds, byzantine=0, seed=SEED, device=torch.device("cpu"),
         training=LocalTraining(epochs=1, batch_size=32, lr=0.3), difficulty=8, progress=False,
     )
     transport = DistributedTransport(timeout=20, backend="gloo")
     try:
         outcome = run_peer(
             transport, data=data, model=model, settings=settings, config=CONFIG, run_dir=run_dir,
-            fault=PeerFault("wrong_model") if rank == faulty else None,
+            fault=PeerFault("wrong_model") if rank == faulty else None, resume=resume,
+            # A fixed clock fixes every nonce, so no honest peer ties the faulty one's zero attempts.
+            genesis_time_ms=T0, clock=lambda: T0,
         )
     finally:
         transport.close()
@@ -72,7 +75,9 @@ def _worker(rank: int, port: int, run_dir: str, faulty: int | None) -> None:
     Path(run_dir, f"peer-{rank}.json").write_text(json.dumps(record))
 
 
-def _spawn(tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0) -> dict[int, dict]:
+def _spawn(
+    tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0, rounds: int = 2, resume: bool = False
+) -> dict[int, dict]:
     """Run WORLD peer processes; their records by rank. Fails, never hangs."""
     # A fork server imports torch and torchchain once and forks every rank from it.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -81,7 +86,8 @@ def _spawn(tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0) ->
     else:
         start_method = "spawn"
     context = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path), faulty), nprocs=WORLD, join=False, start_method=start_method
+        _worker, args=(_free_port(), str(tmp_path), faulty, rounds, resume), nprocs=WORLD, join=False,
+        start_method=start_method,
     )
     deadline = time.monotonic() + limit
     try:
@@ -124,3 +130,22 @@ def test_gloo_peers_end_with_identical_audited_ledgers(tmp_path):
     assert files[0] == files[1] == files[2]
     assert audit_ledger(records[0]["ledger"]).attested == 2
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.distributed
+def test_gloo_peers_restarted_after_one_fell_behind_resume_to_one_head(tmp_path):
+    from torchchain.chain.ledger import BLOCKS_DIR
+    from torchchain.protocol.audit import audit_ledger
+
+    first = _spawn(tmp_path, rounds=2)
+    assert {r["height"] for r in first.values()} == {2}
+    # Rank 2 was killed after the attestations were counted, before it wrote block 2.
+    next((tmp_path / "rank2" / "ledger" / BLOCKS_DIR).glob("00000002-*.json")).unlink()
+    for rank in range(WORLD):
+        (tmp_path / f"peer-{rank}.json").unlink()
+    resumed = _spawn(tmp_path, rounds=3, resume=True)
+    assert [r["error"] for r in resumed.values()] == [None] * WORLD
+    assert {r["height"] for r in resumed.values()} == {3} and len({r["head"] for r in resumed.values()}) == 1
+    fetched = [e for e in resumed[2]["events"] if e[0] == "fetched"]
+    assert len(fetched) == 1 and "height 2 from rank 0" in fetched[0][2]
+    assert audit_ledger(resumed[2]["ledger"]).attested == 3

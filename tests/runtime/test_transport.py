@@ -81,6 +81,49 @@ def test_in_process_round_trip_is_exact():
             assert body == (b"" if rank % 2 else big)
 
 
+def _expected_traffic(rank: int, world: int = 3) -> list[int]:
+    """``[bytes_sent, bytes_received]`` of ``rank`` after the exchange both backends run below:
+    48 bytes a header, all-gathers padded to the longest contribution."""
+    header, others = 48, world - 1
+    sent = received = others * (header + MIB)  # all_gather of b"zero", b"", 1 MiB
+    sent += others * (header + (MIB if rank == 1 else 0))  # broadcast of 1 MiB from rank 1
+    received += others * header + (0 if rank == 1 else MIB)
+    sent += others * header  # empty broadcast from rank 0
+    received += others * header
+    for peer in range(world):  # "<src>-><dst>", then nothing to rank 0 and 512 KiB to the others
+        if peer != rank:
+            sent += 2 * header + 4 + (0 if peer == 0 else MIB // 2)
+            received += 2 * header + 4 + (0 if rank == 0 else MIB // 2)
+    sent += others * header  # barrier
+    received += others * header
+    return [sent, received]
+
+
+def test_in_process_traffic_is_counted_as_the_wire_protocol_moves_it():
+    world = 3
+
+    def peer(t: Transport):
+        assert (t.bytes_sent, t.bytes_received) == (0, 0)
+        t.all_gather_bytes([b"zero", b"", _blob(2, MIB)][t.rank], max_bytes=2 * MIB)
+        t.broadcast_bytes(_blob(9, MIB) if t.rank == 1 else None, src=1, max_bytes=MIB)
+        t.broadcast_bytes(b"" if t.rank == 0 else None, src=0, max_bytes=0)
+        for dst in range(world):
+            if dst != t.rank:
+                t.send_bytes(f"{t.rank}->{dst}".encode(), dst=dst)
+                t.send_bytes(b"" if dst == 0 else _blob(t.rank, MIB // 2), dst=dst)
+        for src in range(world):
+            if src != t.rank:
+                t.recv_bytes(src=src, max_bytes=MIB)
+                t.recv_bytes(src=src, max_bytes=MIB)
+        t.barrier()
+        counted = [t.bytes_sent, t.bytes_received]
+        _catch(lambda: t.all_gather_bytes(b"x" * (65 if t.rank == 2 else 1), max_bytes=64))
+        return counted, [t.bytes_sent, t.bytes_received]
+
+    for rank, (counted, after_refusal) in enumerate(run_peers(world, peer, timeout=10)):
+        assert counted == after_refusal == _expected_traffic(rank)  # a refused call counts nothing
+
+
 def test_in_process_messages_are_copies():
     def peer(t: Transport):
         if t.rank == 0:
@@ -343,6 +386,7 @@ def _scenario_exchange(t: DistributedTransport, record: dict, out_dir: Path) -> 
             text = t.recv_bytes(src=src, max_bytes=MIB).decode()
             record["p2p"][str(src)] = [text, _sha(t.recv_bytes(src=src, max_bytes=MIB))]
     t.barrier()
+    record["traffic"] = [t.bytes_sent, t.bytes_received]
 
     # An honest but oversize contribution: every rank, rank 2 included, refuses it.
     start = time.monotonic()
@@ -466,6 +510,7 @@ def test_gloo_processes_exchange_identical_bytes_and_refuse_oversize(tmp_path):
         assert record["after"] == [f"after {r}" for r in range(WORLD)]
         assert record["maxrss_mib"] < 2048  # nothing near 100 GiB was ever allocated
         assert record["in_flight"] == WORLD - 1 + (rank == 2)
+        assert record["traffic"] == _expected_traffic(rank)
     for rank in (0, 1):
         huge = records[rank]["huge_gather"]
         assert (huge["code"], huge["rank"]) == ("oversize", 2) and str(HUGE) in huge["text"]

@@ -65,6 +65,7 @@ from torchchain.errors import LedgerError, SerializationError
 
 __all__ = [
     "ATTESTATIONS_DIR",
+    "VOTES_DIR",
     "BLOBS_DIR",
     "BLOCKS_DIR",
     "LOCK_FILE",
@@ -88,6 +89,7 @@ __all__ = [
 BLOCKS_DIR = "blocks"
 BLOBS_DIR = "blobs"
 ATTESTATIONS_DIR = "attestations"
+VOTES_DIR = "votes"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 MAX_BLOB_BYTES = 512 * 1024 * 1024
@@ -475,7 +477,7 @@ class Ledger:
 
     @staticmethod
     def _remove_leftovers(path: Path) -> None:
-        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR, path / ATTESTATIONS_DIR):
+        for directory in (path / BLOCKS_DIR, path / BLOBS_DIR, path / ATTESTATIONS_DIR, path / VOTES_DIR):
             if directory.is_dir():
                 for name in os.listdir(directory):
                     if name.startswith(TMP_PREFIX):
@@ -836,6 +838,48 @@ class Ledger:
             raise LedgerError(f"no attestations are stored for block {block_hash[:12]} ({path})") from None
         except LedgerError as exc:
             raise LedgerError(f"attestations of block {block_hash[:12]}: {exc.reason}") from None
+
+    def votes_path(self, block_hash: str) -> Path:
+        """Where the votes on the updates of block ``block_hash`` are (or would be) stored
+        (``validation=vote``).
+
+        Raises:
+            LedgerError: ``block_hash`` is not 64 lowercase hex characters.
+        """
+        if not isinstance(block_hash, str) or not _DIGEST_RE.fullmatch(block_hash):
+            raise LedgerError(f"a block hash is 64 lowercase hex characters, got {block_hash!r}")
+        return self._path / VOTES_DIR / f"{block_hash}.json"
+
+    def put_votes(self, block_hash: str, data: bytes) -> None:
+        """Stores the votes of block ``block_hash``, as :meth:`put_attestations` stores
+        attestations (before the block is appended).
+
+        Raises:
+            LedgerError: The ledger was opened for reading, or the file cannot be written.
+        """
+        self._require_writer("store votes")
+        path = self.votes_path(block_hash)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        write_atomic(path, bytes(data))
+
+    def get_votes(self, block_hash: str, *, max_bytes: int) -> bytes:
+        """The stored votes of block ``block_hash`` (parse them with
+        :func:`torchchain.protocol.vote.decode_vote_set`).
+
+        Raises:
+            LedgerError: None are stored, or the file is not a regular file, is larger than
+                ``max_bytes`` (checked before reading) or cannot be read.
+        """
+        path = self.votes_path(block_hash)
+        try:
+            return read_regular_file(path, max_bytes=max_bytes)
+        except FileNotFoundError:
+            raise LedgerError(f"no votes are stored for block {block_hash[:12]} ({path})") from None
+        except LedgerError as exc:
+            raise LedgerError(f"votes of block {block_hash[:12]}: {exc.reason}") from None
 
     # -- appending -------------------------------------------------------------------------
 

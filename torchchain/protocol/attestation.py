@@ -51,6 +51,7 @@ __all__ = [
     "AttestationError",
     "Tally",
     "attestation_set_bound",
+    "check_attestation_set",
     "clip_reason",
     "committed",
     "count_attestations",
@@ -333,3 +334,38 @@ def decode_attestation_set(data: bytes, *, block_hash: str, height: int, max_byt
     if canonical != bytes(data):
         raise SerializationError(f"{what}: not in canonical form (sorted by peer key)")
     return tuple(parsed)
+
+
+def check_attestation_set(data: bytes, *, block_hash: str, height: int, peers: Sequence[str], name: str | None = None) -> Tally:
+    """Check a committed block's attestation set as the audit does: every entry well-formed,
+    validly signed and counted, and the accepting peers a strict majority of ``peers``.
+
+    Args:
+        data: The set's bytes (stored, or received from another peer).
+        block_hash: The block's hash.
+        height: The block's height.
+        peers: The genesis peers (``miners``).
+        name: How errors name the block (its file name).
+
+    Raises:
+        AttestationError: The set is malformed, holds an entry that is not counted, or falls
+            short of a strict majority.
+    """
+    bound = attestation_set_bound(len(peers))
+    try:
+        attestations = decode_attestation_set(data, block_hash=block_hash, height=height, max_bytes=bound)
+    except SerializationError as exc:
+        raise AttestationError(f"the stored attestations are not valid: {exc}", peers=len(peers), block=name) from None
+    tally = count_attestations(attestations, peers, block_hash)
+    if tally.invalid:
+        peer, reason = tally.invalid[0]
+        raise AttestationError(
+            f"the attestation of {peer[:12]} is not counted ({reason})", accepts=tally.accepts, peers=len(peers), block=name
+        )
+    if not committed(tally, len(peers)):
+        raise AttestationError(
+            f"only {tally.accepts} of the {len(peers)} peers accepted the block; committing it needs a strict "
+            f"majority ({len(peers) // 2 + 1})",
+            accepts=tally.accepts, peers=len(peers), block=name,
+        )
+    return tally

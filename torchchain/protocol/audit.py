@@ -11,7 +11,9 @@ trust weight, round state and randomness must be reproduced.
 
 When the genesis block lists more than one miner (a chain of peers, :mod:`torchchain.runtime.peer`),
 every round block must also carry the signed attestations of a strict majority of those peers
-(:mod:`torchchain.protocol.attestation`); the audit recounts them before replaying.
+(:mod:`torchchain.protocol.attestation`); the audit recounts them before replaying. A chain with
+``validation=vote`` must also hold, for every transaction, signed approvals from a strict
+majority of the peers (:mod:`torchchain.protocol.vote`); the audit recounts those too.
 
 The ledger may come from an enemy: blocks are streamed one at a time (memory stays bounded by
 the largest block), nothing is written, and the replay can start at any height from the model
@@ -28,17 +30,12 @@ from pathlib import Path
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.chain.verify import VerifyReport
 from torchchain.errors import ConfigError, LedgerError, SerializationError
-from torchchain.protocol.attestation import (
-    AttestationError,
-    attestation_set_bound,
-    committed,
-    count_attestations,
-    decode_attestation_set,
-)
+from torchchain.protocol.attestation import AttestationError, attestation_set_bound, check_attestation_set
 from torchchain.protocol.record import RoundRecord
 from torchchain.protocol.retention import first_retained_height
 from torchchain.protocol.round import ReplayMismatch, RoundRules, load_state_blob, replay_round
 from torchchain.protocol.verify import verify_ledger
+from torchchain.protocol.vote import VoteError, VoteRules, check_vote_set, vote_set_bound
 from torchchain.updates.serialize import update_from_bytes
 
 __all__ = [
@@ -49,7 +46,9 @@ __all__ = [
     "RoundReplay",
     "audit_ledger",
     "format_round",
+    "VoteError",
     "recount_attestations",
+    "recount_votes",
 ]
 
 _SHORT = 12
@@ -110,6 +109,8 @@ class AuditReport:
         attested: For a chain of several peers, how many round blocks had their attestations
             recounted (every one of the best chain); ``None`` for a chain with one miner.
         peers: The number of peers (genesis miners).
+        voted: For a chain with ``validation=vote``, how many round blocks had their votes
+            recounted; ``None`` otherwise.
     """
 
     verify: VerifyReport
@@ -119,6 +120,7 @@ class AuditReport:
     keep_updates: int | None = None
     attested: int | None = None
     peers: int = 1
+    voted: int | None = None
 
     def summary(self) -> str:
         """The verification's line, the replay's, and which heights were not replayed and why."""
@@ -131,6 +133,11 @@ class AuditReport:
             lines.append(
                 f"attestations OK: each of {self.attested} round blocks is accepted by a strict majority of the "
                 f"{self.peers} peers, every signature valid"
+            )
+        if self.voted is not None:
+            lines.append(
+                f"votes OK: every update of the {self.voted} round blocks is approved by a strict majority of the "
+                f"{self.peers} peers, every ballot signed"
             )
         if self.skipped is not None:
             low, high = self.skipped
@@ -201,25 +208,37 @@ def recount_attestations(ledger: Ledger) -> int:
         name = block_file_name(block)
         try:
             data = ledger.get_attestations(block.hash, max_bytes=bound)
-            attestations = decode_attestation_set(data, block_hash=block.hash, height=block.header.height, max_bytes=bound)
         except LedgerError as exc:
             raise AttestationError(
                 f"{exc.reason}: the block has no strict majority of attesting peers on record", peers=len(peers), block=name
             ) from None
-        except SerializationError as exc:
-            raise AttestationError(f"the stored attestations are not valid: {exc}", peers=len(peers), block=name) from None
-        tally = count_attestations(attestations, peers, block.hash)
-        if tally.invalid:
-            peer, reason = tally.invalid[0]
-            raise AttestationError(
-                f"the attestation of {peer[:12]} is not counted ({reason})", accepts=tally.accepts, peers=len(peers), block=name
-            )
-        if not committed(tally, len(peers)):
-            raise AttestationError(
-                f"only {tally.accepts} of the {len(peers)} peers accepted the block; committing it needs a strict "
-                f"majority ({len(peers) // 2 + 1})",
-                accepts=tally.accepts, peers=len(peers), block=name,
-            )
+        check_attestation_set(data, block_hash=block.hash, height=block.header.height, peers=peers, name=name)
+        count += 1
+    return count
+
+
+def recount_votes(ledger: Ledger) -> int:
+    """Recount the stored votes of every round block of the best chain (``validation=vote``);
+    the number of blocks recounted.
+
+    Raises:
+        VoteError: The first block whose votes are missing or malformed, hold a ballot that is
+            forged, of a non-peer or about another block, or leave one of its transactions
+            without approvals from a strict majority of the peers; ``.block`` names its file.
+    """
+    peers = ledger.miners
+    members = len(ledger.members)
+    count = 0
+    for block in ledger.iter_blocks(1):
+        name = block_file_name(block)
+        try:
+            data = ledger.get_votes(block.hash, max_bytes=vote_set_bound(len(peers), members))
+        except LedgerError as exc:
+            raise VoteError(f"{exc.reason}: the block's updates have no approvals on record", block=name) from None
+        check_vote_set(
+            data, block_hash=block.hash, height=block.header.height, base_hash=block.header.prev_hash,
+            tx_hashes=[tx.tx_hash for tx in block.transactions], peers=peers, members=members, name=name,
+        )
         count += 1
     return count
 
@@ -251,6 +270,8 @@ def audit_ledger(
         AttestationError: A chain of several peers (more than one genesis miner) holds a round
             block without valid attestations from a strict majority of them (checked before
             the replay); ``.block`` names the block file.
+        VoteError: A chain with ``validation=vote`` holds a transaction without approvals from
+            a strict majority of the peers, or its votes are missing or forged.
         ReplayMismatch: The first block that the replay does not reproduce, or that accepted an
             update the rules reject; ``.block`` names the block file.
         LedgerError: Verification failed, a blob cannot be decoded, or the recorded protocol
@@ -262,6 +283,11 @@ def audit_ledger(
     if type(start) is not int or not 1 <= start <= max(ledger.height, 1):
         raise LedgerError(f"start must be a height in [1, {ledger.height}], got {start!r}")
     attested = recount_attestations(ledger) if len(ledger.miners) > 1 else None
+    try:
+        votes = VoteRules.from_config(ledger.config).votes
+    except ConfigError as exc:
+        raise LedgerError(f"the recorded validation section is invalid: {exc}") from None
+    voted = recount_votes(ledger) if votes else None
     rules = _genesis_rules(ledger, trust)
     retained = first_retained_height(ledger.height, rules.keep_updates)
     skipped = None
@@ -302,5 +328,5 @@ def audit_ledger(
         rounds.append(replay)
     return AuditReport(
         verify=report, strategy=target, rounds=tuple(rounds), skipped=skipped, keep_updates=rules.keep_updates,
-        attested=attested, peers=len(ledger.miners),
+        attested=attested, peers=len(ledger.miners), voted=voted,
     )

@@ -32,6 +32,7 @@ from torchchain.chain.ledger import Ledger
 from torchchain.protocol.record import MAX_REASON_CHARS, MAX_SECAGG_CLIENTS, Rejections, RoundRecord, SecAggRecord
 from torchchain.protocol.round import RoundResult, RoundRules, execute_round, load_state_blob, round_inputs_from
 from torchchain.protocol.secure_round import Transcript, check_transcript
+from torchchain.protocol.state import encode_state
 from torchchain.protocol.submission import Submission, select_submissions
 from torchchain.updates.serialize import update_to_bytes
 
@@ -233,6 +234,35 @@ class Node:
         self.round_state = prepared.result.state
         self._prune()
         prepared.seconds["write"] = time.perf_counter() - start
+
+    def adopt(
+        self,
+        block: Block,
+        *,
+        payloads: Sequence[bytes],
+        model: Mapping[str, torch.Tensor],
+        round_state: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Append a block this node did not prepare, once the caller has checked it
+        (:func:`~torchchain.protocol.round.replay_round` gave ``model`` and ``round_state``):
+        store its update payloads and the model and state blobs, append it, advance the round
+        state.
+
+        Raises:
+            ValueError: ``model`` or ``round_state`` is not what the block commits to.
+        """
+        model_bytes = update_to_bytes(model)
+        if sha256_hex(model_bytes) != block.header.model_hash:
+            raise ValueError(f"the model given is not the one block {block.hash[:12]} commits to")
+        record = RoundRecord.from_block(block)
+        state_bytes = encode_state(round_state)
+        if (None if state_bytes is None else sha256_hex(state_bytes)) != record.state:
+            raise ValueError(f"the round state given is not the one block {block.hash[:12]} commits to")
+        for blob in [*payloads, model_bytes, *([] if state_bytes is None else [state_bytes])]:
+            self.ledger.put_blob(blob)
+        self.ledger.append(block, blobs=[digest for digest, _ in record.blobs()])
+        self.round_state = dict(round_state)
+        self._prune()
 
     @property
     def ledger_bytes(self) -> int:

@@ -16,7 +16,6 @@ real attacker under secure aggregation would not see.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -49,9 +48,11 @@ from torchchain.runtime.client import Client, LocalTraining, evaluate, train_loc
 from torchchain.runtime.executor import LocalExecutor, train_batched
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.node import Node, PreparedBlock
+from torchchain.runtime.poisoning import poison_updates, tamper_hook
 from torchchain.runtime.secure import SecureClient, SecureRound
+from torchchain.runtime.seeding import client_key, derive_generator
 from torchchain.telemetry import RunWriter
-from torchchain.updates.delta import compute_delta, flatten, unflatten
+from torchchain.updates.delta import compute_delta, flatten
 from torchchain.updates.serialize import update_from_bytes, update_to_bytes
 
 __all__ = ["Simulation", "SimulationSettings", "derive_generator"]
@@ -99,20 +100,6 @@ class SimulationSettings:
     batch_clients: int = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
     mine_workers: int = 1
     privacy: LocalPrivacy = field(default_factory=LocalPrivacy)
-
-
-def derive_generator(seed: int, *parts: object) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and a purpose, e.g. ``("train", round, client)``.
-
-    Every random stream of a run is derived this way, so one ``seed`` fixes them all and no
-    stream depends on how many numbers another one consumed.
-    """
-    material = "/".join(str(p) for p in (seed, *parts)).encode()
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 1)
-
-
-def _client_key(seed: int, index: int) -> SigningKey:
-    return SigningKey.from_seed_material(f"torchchain/client/{index}/seed={seed}")
 
 
 class Simulation:
@@ -163,7 +150,7 @@ class Simulation:
         self.writer = writer
         n, f = settings.clients, settings.byzantine
         attack.setup(num_clients=n, num_byzantine=f)
-        keys = [_client_key(settings.seed, i) for i in range(n)]
+        keys = [client_key(settings.seed, i) for i in range(n)]
 
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         self.checkpoints = self.run_dir / "checkpoints"
@@ -391,41 +378,14 @@ class Simulation:
         if self.attack.forges_transactions:
             return
         start = time.perf_counter()
-        honest = None
-        sampled = [c for c in self.clients if c.index in deltas]
-        if self.attack.omniscient:
-            rows = [flatten(deltas[c.index]) for c in sampled if not c.byzantine]
-            if not rows:  # no honest client in this round's sample: nothing to hide among
-                return
-            honest = torch.stack(rows)
-        if self.attack.needs_defence:
-            # The round's rule on a copy holding the round state the round starts from, so that
-            # simulating the defence never advances the real one (centered clipping's centre).
-            rule, state = self.rules.strategy, split_state(self.node.round_state)[0]
-            known = 0 if honest is None else honest.shape[0]
-
-            def aggregate(submissions: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-                simulated = copy.deepcopy(rule)
-                simulated.load_state_dict({k: v.clone() for k, v in state.items()})
-                if simulated.requires_reference:  # the node's root-set update is private: the honest mean stands in
-                    simulated.set_reference(submissions[: known or None].mean(dim=0))
-                weights = torch.ones(submissions.shape[0], dtype=torch.float64)
-                return simulated(submissions, weights, generator=generator).update
-
-            self.attack.observe_defence(aggregate)
-        for client in sampled:
-            if not client.byzantine:
-                continue
-            own = deltas[client.index]
-            poisoned = self.attack.poison_update(
-                flatten(own), honest=honest, generator=derive_generator(self.settings.seed, "attack", round, client.index)
-            )
-            deltas[client.index] = unflatten(poisoned, own)
+        poison_updates(
+            self.attack, clients=[c for c in self.clients if c.index in deltas], deltas=deltas, rules=self.rules,
+            round_state=self.node.round_state, seed=self.settings.seed, round=round,
+        )
         seconds["attack"] = time.perf_counter() - start
 
     def _tamper(self, round: int, index: int) -> Callable[[bytes], bytes]:
-        generator = derive_generator(self.settings.seed, "tamper", round, index)
-        return lambda payload: self.attack.tamper_payload(payload, generator=generator)
+        return tamper_hook(self.attack, seed=self.settings.seed, round=round, index=index)
 
     def _dropouts(self, round: int, sampled: list[Client]) -> set[str]:
         """The sampled clients that drop out of a secagg round after dealing shares (``privacy.dropout``)."""

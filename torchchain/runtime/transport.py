@@ -50,6 +50,17 @@ leave the transport unusable: every later call raises ``code="closed"`` (with gl
 wait closes every connection of the process group anyway). An ``oversize`` error in a
 collective does not. After :meth:`~Transport.close`, every call raises ``code="closed"``.
 
+Traffic
+-------
+Every transport counts what it exchanges with the other ranks in :attr:`~Transport.bytes_sent`
+and :attr:`~Transport.bytes_received`, as the wire protocol moves it: 48 bytes per header (one to
+and one from every other rank in each collective, one per point-to-point message) plus the
+payloads; an all-gather moves every contribution padded to the longest one (gloo's ring moves
+``world_size - 1`` such blocks per rank, as sending each peer one would), a broadcast moves the
+payload from its source to every other rank. Calls that fail count nothing; what TCP, gloo or
+NCCL add around these bytes is not counted. The in-process backend counts the same volume, so
+its figures are what a network would carry.
+
 Backends
 --------
 :class:`DistributedTransport` runs over :mod:`torch.distributed`:
@@ -124,6 +135,7 @@ _OP_NAMES = {
     _OP_MESSAGE: "send_bytes",
 }
 _WIRE_WORDS = 6
+_HEADER_BYTES = 8 * _WIRE_WORDS
 
 # Channels (gloo point-to-point tags): collective headers, message headers, message payloads.
 _COLLECTIVE = 0x7C01
@@ -169,11 +181,16 @@ class Transport(ABC):
         rank: This peer's rank, ``0 <= rank < world_size``.
         world_size: Number of peers.
         timeout: Seconds each step waits for the other peers before naming them.
+        bytes_sent: Bytes this rank has sent to other ranks so far: headers and payloads of
+            every completed call (see "Traffic" in the module docstring).
+        bytes_received: Bytes this rank has received from other ranks so far, likewise.
     """
 
     rank: int
     world_size: int
     timeout: float
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
     @abstractmethod
     def all_gather_bytes(self, data: bytes, *, max_bytes: int) -> list[bytes]:
@@ -219,6 +236,8 @@ class _Exchange(Transport):
         self._refused: dict[int, str] = {}
         self._failure: TransportError | None = None
         self._closed = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     # -- what a backend provides ----------------------------------------------------------
 
@@ -256,7 +275,11 @@ class _Exchange(Transport):
         _check_lengths(dict(enumerate(lengths)), bound)
         if self.world_size == 1:
             return [payload]
-        return self._gather_payloads(payload, lengths)
+        gathered = self._gather_payloads(payload, lengths)
+        peers = self.world_size - 1
+        width = max(lengths)  # every contribution moves padded to the longest
+        self._count(sent=peers * (_HEADER_BYTES + width), received=peers * (_HEADER_BYTES + width))
+        return gathered
 
     def broadcast_bytes(self, data: bytes | None, *, src: int, max_bytes: int) -> bytes:
         bound = _bound(max_bytes)
@@ -271,13 +294,21 @@ class _Exchange(Transport):
         length = len(payload) if payload is not None else 0
         lengths = self._collective(_OP_BROADCAST, src, length, payload)
         _check_lengths({src: lengths[src]}, bound)
-        if self.world_size == 1 or lengths[src] == 0:
+        if self.world_size == 1:
             return payload if payload is not None else b""
-        return self._broadcast_payload(payload, src, lengths[src])
+        result = b"" if lengths[src] == 0 else self._broadcast_payload(payload, src, lengths[src])
+        peers = self.world_size - 1
+        if self.rank == src:
+            self._count(sent=peers * (_HEADER_BYTES + lengths[src]), received=peers * _HEADER_BYTES)
+        else:
+            self._count(sent=peers * _HEADER_BYTES, received=peers * _HEADER_BYTES + lengths[src])
+        return result
 
     def barrier(self) -> None:
         self._usable()
         self._collective(_OP_BARRIER, 0, 0, None)
+        peers = self.world_size - 1
+        self._count(sent=peers * _HEADER_BYTES, received=peers * _HEADER_BYTES)
 
     def send_bytes(self, data: bytes, *, dst: int) -> None:
         payload = _as_bytes(data)
@@ -285,6 +316,7 @@ class _Exchange(Transport):
         self._usable()
         self._sent[dst] += 1
         self._post_message(dst, (_MAGIC, _OP_MESSAGE, self._sent[dst], dst, len(payload)), payload)
+        self._count(sent=_HEADER_BYTES + len(payload), received=0)
 
     def recv_bytes(self, *, src: int, max_bytes: int) -> bytes:
         bound = _bound(max_bytes)
@@ -309,9 +341,16 @@ class _Exchange(Transport):
             self._refused[src] = error.reason
             raise
         self._received[src] += 1
-        return self._receive_payload(src, header[4])
+        payload = self._receive_payload(src, header[4])
+        self._count(sent=0, received=_HEADER_BYTES + len(payload))
+        return payload
 
     # -- shared steps -----------------------------------------------------------------------
+
+    def _count(self, *, sent: int, received: int) -> None:
+        """The one place traffic is counted (:attr:`bytes_sent`, :attr:`bytes_received`)."""
+        self.bytes_sent += sent
+        self.bytes_received += received
 
     def _collective(self, op: int, arg: int, length: int, payload: bytes | None) -> list[int]:
         """The roll call of a collective: checks every header, returns the lengths by rank."""
