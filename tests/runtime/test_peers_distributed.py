@@ -32,7 +32,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, port: int, run_dir: str, faulty: int | None, rounds: int = 2, resume: bool = False) -> None:
+def _worker(
+    rank: int, port: int, run_dir: str, faulty: int | None, rounds: int = 2, resume: bool = False,
+    fault_kind: str = "wrong_model",
+) -> None:
     """One peer in its own process: builds the same task as every other rank, runs every round."""
     from torchchain.data import load_digits
     from torchchain.models import LinearRegression
@@ -57,7 +60,7 @@ def _worker(rank: int, port: int, run_dir: str, faulty: int | None, rounds: int 
     try:
         outcome = run_peer(
             transport, data=data, model=model, settings=settings, config=CONFIG, run_dir=run_dir,
-            fault=PeerFault("wrong_model") if rank == faulty else None, resume=resume,
+            fault=PeerFault(fault_kind) if rank == faulty else None, resume=resume,
             # A fixed clock fixes every nonce, so no honest peer ties the faulty one's zero attempts.
             genesis_time_ms=T0, clock=lambda: T0,
         )
@@ -76,7 +79,8 @@ def _worker(rank: int, port: int, run_dir: str, faulty: int | None, rounds: int 
 
 
 def _spawn(
-    tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0, rounds: int = 2, resume: bool = False
+    tmp_path: Path, *, faulty: int | None = None, limit: float = 60.0, rounds: int = 2, resume: bool = False,
+    fault_kind: str = "wrong_model",
 ) -> dict[int, dict]:
     """Run WORLD peer processes; their records by rank. Fails, never hangs."""
     # A fork server imports torch and torchchain once and forks every rank from it.
@@ -86,7 +90,7 @@ def _spawn(
     else:
         start_method = "spawn"
     context = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path), faulty, rounds, resume), nprocs=WORLD, join=False,
+        _worker, args=(_free_port(), str(tmp_path), faulty, rounds, resume, fault_kind), nprocs=WORLD, join=False,
         start_method=start_method,
     )
     deadline = time.monotonic() + limit
@@ -149,3 +153,24 @@ def test_gloo_peers_restarted_after_one_fell_behind_resume_to_one_head(tmp_path)
     fetched = [e for e in resumed[2]["events"] if e[0] == "fetched"]
     assert len(fetched) == 1 and "height 2 from rank 0" in fetched[0][2]
     assert audit_ledger(resumed[2]["ledger"]).attested == 3
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("fault_kind", ["bad_nonce", "drop_tx", "forge_attestation", "equivocate", "withhold"])
+def test_gloo_honest_peers_outlast_each_faulty_peer(tmp_path, fault_kind):
+    # Every Byzantine behaviour, over real gloo processes: the two honest peers commit the same
+    # two blocks, log why they refused the faulty one's work, and their ledgers audit.
+    from torchchain.protocol.audit import audit_ledger
+
+    records = _spawn(tmp_path, faulty=2, fault_kind=fault_kind)
+    honest = [records[0], records[1]]
+    assert [r["error"] for r in honest] == [None, None]
+    assert {r["height"] for r in honest} == {2} and honest[0]["head"] == honest[1]["head"]
+    assert all(r["events"] for r in honest), "an honest peer logged nothing about the faulty one"
+    files = [
+        {str(p.relative_to(r["ledger"])): p.read_bytes() for p in Path(r["ledger"]).rglob("*") if p.is_file() and p.name != ".lock"}
+        for r in honest
+    ]
+    assert files[0] == files[1]
+    assert audit_ledger(honest[0]["ledger"]).attested == 2
