@@ -8,7 +8,7 @@ Usage::
 
 Each cell is one call of ``torchchain.experiment.run`` (as ``python train.py <overrides>``)
 with ``privacy=<mechanism> privacy.noise_multiplier=<sigma>``, for each strategy (FedAvg and the
-default robust rule) and each partition (iid and label-sorted shards). The ε is the one the
+coordinate-wise median by default; ``--strategies`` picks others) and each partition (iid and label-sorted shards). The ε is the one the
 ledger records for the run (the largest over clients at δ = 1e-5), so the table shows exactly
 what ``torchchain audit`` would recount.
 

@@ -489,7 +489,8 @@ def plot_curves(path: Path, curves: Sequence[Result], setting: Setting) -> None:
 
 
 def _options(group: str, order: Sequence[str]) -> list[str]:
-    present = {p.stem for p in (CONF / group).glob("*.yaml")}
+    # strategy=default is geomed at its defaults: one column is enough.
+    present = {p.stem for p in (CONF / group).glob("*.yaml")} - {"default"}
     return [name for name in order if name in present] + sorted(present - set(order))
 
 

@@ -32,6 +32,15 @@ def _target_class(node) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def test_the_default_strategy_is_the_geometric_median_at_its_defaults():
+    from torchchain.strategies import GeoMed
+
+    assert _target_class(compose_config([]).strategy) is GeoMed
+    assert OmegaConf.to_container(compose_config([]).strategy) == {
+        "_target_": "torchchain.strategies.GeoMed", "f": None, "pre": []
+    }
+
+
 def test_every_registered_strategy_and_attack_has_a_config_file():
     assert set(STRATEGIES) <= set(_options("strategy"))
     assert set(ATTACKS) <= set(_options("attack"))
@@ -44,9 +53,12 @@ def test_strategy_config_builds_the_named_class_with_every_default(name):
     assert issubclass(cls, Strategy)
     if name in STRATEGIES:
         assert cls is STRATEGIES[name]
-    # The file lists every keyword argument at its default, so a user sees all there is to set.
+    # The file lists every keyword argument at its default, so a user sees all there is to set;
+    # the default lists only what every strategy takes, so that strategy._target_=my_pkg.Cls works.
     params = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     params["pre"] = []
+    if name == "default":
+        params = {"f": None, "pre": []}
     assert OmegaConf.to_container(node) == {"_target_": node._target_, **params}
     strategy = instantiate(node, _convert_="all")
     assert isinstance(strategy, cls)
