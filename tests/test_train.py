@@ -49,7 +49,10 @@ def test_tensorboard_holds_the_documented_tags(honest_run):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("eval/accuracy", "eval/loss", "time/round_seconds", "chain/mine_seconds", "chain/height", "chain/rejected"):
+    for tag in (
+        "eval/accuracy", "eval/loss", "time/round_seconds", "chain/mine_seconds", "chain/height", "chain/rejected",
+        "time/train", "time/hash", "time/sign", "time/validate", "time/aggregate", "time/mine", "time/write",
+    ):
         assert tag in scalars, tag
     assert "clients/update_norm" in events.Tags()["histograms"]
     assert any(t.startswith("clients/update_norm/client_00_") for t in scalars)

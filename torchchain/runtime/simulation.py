@@ -623,6 +623,8 @@ class Simulation:
                 "chain/rejected": outcome.rejections.total,
                 "chain/ledger_bytes": self.node.ledger_bytes,
                 "time/round_seconds": elapsed,
+                # Each stage of the round: train, serialize, hash, sign, validate, aggregate, mine, write, ...
+                **{f"time/{stage}": spent for stage, spent in seconds.items()},
             }
         )
         if outcome.update_bytes:
