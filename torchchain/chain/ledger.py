@@ -797,15 +797,39 @@ class Ledger:
 
     # -- attestations ----------------------------------------------------------------------
 
+    # Signed records kept beside a block (attestations, votes): one canonical JSON file per block,
+    # self-authenticating (each entry is signed), so they are not chained into any hash.
+
+    def _sidecar_path(self, folder: str, block_hash: str) -> Path:
+        if not isinstance(block_hash, str) or not _DIGEST_RE.fullmatch(block_hash):
+            raise LedgerError(f"a block hash is 64 lowercase hex characters, got {block_hash!r}")
+        return self._path / folder / f"{block_hash}.json"
+
+    def _put_sidecar(self, folder: str, what: str, block_hash: str, data: bytes) -> None:
+        self._require_writer(f"store {what}")
+        path = self._sidecar_path(folder, block_hash)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        write_atomic(path, bytes(data))
+
+    def _get_sidecar(self, folder: str, what: str, block_hash: str, max_bytes: int) -> bytes:
+        path = self._sidecar_path(folder, block_hash)
+        try:
+            return read_regular_file(path, max_bytes=max_bytes)
+        except FileNotFoundError:
+            raise LedgerError(f"no {what} are stored for block {block_hash[:12]} ({path})") from None
+        except LedgerError as exc:
+            raise LedgerError(f"{what} of block {block_hash[:12]}: {exc.reason}") from None
+
     def attestations_path(self, block_hash: str) -> Path:
         """Where the attestations of block ``block_hash`` are (or would be) stored.
 
         Raises:
             LedgerError: ``block_hash`` is not 64 lowercase hex characters.
         """
-        if not isinstance(block_hash, str) or not _DIGEST_RE.fullmatch(block_hash):
-            raise LedgerError(f"a block hash is 64 lowercase hex characters, got {block_hash!r}")
-        return self._path / ATTESTATIONS_DIR / f"{block_hash}.json"
+        return self._sidecar_path(ATTESTATIONS_DIR, block_hash)
 
     def put_attestations(self, block_hash: str, data: bytes) -> None:
         """Stores the attestations of block ``block_hash`` (written atomically, replacing any
@@ -815,13 +839,7 @@ class Ledger:
         Raises:
             LedgerError: The ledger was opened for reading, or the file cannot be written.
         """
-        self._require_writer("store attestations")
-        path = self.attestations_path(block_hash)
-        try:
-            path.parent.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
-        write_atomic(path, bytes(data))
+        self._put_sidecar(ATTESTATIONS_DIR, "attestations", block_hash, data)
 
     def get_attestations(self, block_hash: str, *, max_bytes: int) -> bytes:
         """The stored attestations of block ``block_hash``, as bytes (parse them with
@@ -831,13 +849,7 @@ class Ledger:
             LedgerError: None are stored, or the file is not a regular file, is larger than
                 ``max_bytes`` (checked before reading) or cannot be read.
         """
-        path = self.attestations_path(block_hash)
-        try:
-            return read_regular_file(path, max_bytes=max_bytes)
-        except FileNotFoundError:
-            raise LedgerError(f"no attestations are stored for block {block_hash[:12]} ({path})") from None
-        except LedgerError as exc:
-            raise LedgerError(f"attestations of block {block_hash[:12]}: {exc.reason}") from None
+        return self._get_sidecar(ATTESTATIONS_DIR, "attestations", block_hash, max_bytes)
 
     def votes_path(self, block_hash: str) -> Path:
         """Where the votes on the updates of block ``block_hash`` are (or would be) stored
@@ -846,9 +858,7 @@ class Ledger:
         Raises:
             LedgerError: ``block_hash`` is not 64 lowercase hex characters.
         """
-        if not isinstance(block_hash, str) or not _DIGEST_RE.fullmatch(block_hash):
-            raise LedgerError(f"a block hash is 64 lowercase hex characters, got {block_hash!r}")
-        return self._path / VOTES_DIR / f"{block_hash}.json"
+        return self._sidecar_path(VOTES_DIR, block_hash)
 
     def put_votes(self, block_hash: str, data: bytes) -> None:
         """Stores the votes of block ``block_hash``, as :meth:`put_attestations` stores
@@ -857,13 +867,7 @@ class Ledger:
         Raises:
             LedgerError: The ledger was opened for reading, or the file cannot be written.
         """
-        self._require_writer("store votes")
-        path = self.votes_path(block_hash)
-        try:
-            path.parent.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
-        write_atomic(path, bytes(data))
+        self._put_sidecar(VOTES_DIR, "votes", block_hash, data)
 
     def get_votes(self, block_hash: str, *, max_bytes: int) -> bytes:
         """The stored votes of block ``block_hash`` (parse them with
@@ -873,13 +877,7 @@ class Ledger:
             LedgerError: None are stored, or the file is not a regular file, is larger than
                 ``max_bytes`` (checked before reading) or cannot be read.
         """
-        path = self.votes_path(block_hash)
-        try:
-            return read_regular_file(path, max_bytes=max_bytes)
-        except FileNotFoundError:
-            raise LedgerError(f"no votes are stored for block {block_hash[:12]} ({path})") from None
-        except LedgerError as exc:
-            raise LedgerError(f"votes of block {block_hash[:12]}: {exc.reason}") from None
+        return self._get_sidecar(VOTES_DIR, "votes", block_hash, max_bytes)
 
     # -- appending -------------------------------------------------------------------------
 
