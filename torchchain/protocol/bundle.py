@@ -28,7 +28,7 @@ from torchchain.chain.encoding import canonical_json, parse_json_object
 from torchchain.errors import SerializationError
 from torchchain.protocol.submission import Submission
 
-__all__ = ["BUNDLE_MAGIC", "ENTRY_OVERHEAD", "MAX_TX_BYTES", "bundle_bound", "decode_submissions", "encode_submissions"]
+__all__ = ["BUNDLE_MAGIC", "ENTRY_OVERHEAD", "MAX_TX_BYTES", "FrameReader", "bundle_bound", "decode_submissions", "encode_submissions"]
 
 BUNDLE_MAGIC = b"torchchain/submissions/v1\x00"
 MAX_TX_BYTES = 4096
@@ -54,6 +54,42 @@ def encode_submissions(submissions: Iterable[Submission]) -> bytes:
     return b"".join([BUNDLE_MAGIC, count.to_bytes(4, "big"), *parts])
 
 
+class FrameReader:
+    """A cursor over length-prefixed bytes from a peer: every read is bounded by what is left.
+
+    Args:
+        data: The bytes, as received.
+        magic: The bytes they must start with.
+        kind: What they are, for the magic error (``"bundle"``).
+        what: A name for errors (``"bundle of rank 2"``).
+
+    Raises:
+        SerializationError: The bytes do not start with ``magic``.
+    """
+
+    def __init__(self, data: bytes, *, magic: bytes, kind: str, what: str) -> None:
+        self._view = memoryview(bytes(data))
+        self._what = what
+        if bytes(self._view[: len(magic)]) != magic:
+            raise SerializationError(f"{what}: does not start with the {kind} magic")
+        self._offset = len(magic)
+
+    def take(self, size: int, field: str) -> memoryview:
+        """The next ``size`` bytes; a :class:`SerializationError` naming ``field`` if fewer are left."""
+        left = len(self._view) - self._offset
+        if size > left:
+            raise SerializationError(f"{self._what}: {field} runs past the end ({left} bytes left, {size} needed)")
+        chunk = self._view[self._offset : self._offset + size]
+        self._offset += size
+        return chunk
+
+    def finish(self, last: str) -> None:
+        """Refuse bytes after ``last`` (the final field)."""
+        left = len(self._view) - self._offset
+        if left:
+            raise SerializationError(f"{self._what}: {left} bytes follow {last}")
+
+
 def decode_submissions(data: bytes, *, max_entries: int, max_payload_bytes: int, what: str = "bundle") -> list[Submission]:
     """Parse a bundle strictly.
 
@@ -67,19 +103,8 @@ def decode_submissions(data: bytes, *, max_entries: int, max_payload_bytes: int,
         SerializationError: A wrong magic, a count or length over its bound or past the end,
             a transaction that is not canonical and well-formed, or bytes after the last entry.
     """
-    view = memoryview(bytes(data))
-    if bytes(view[: len(BUNDLE_MAGIC)]) != BUNDLE_MAGIC:
-        raise SerializationError(f"{what}: does not start with the bundle magic")
-    offset = len(BUNDLE_MAGIC)
-
-    def take(size: int, field: str) -> memoryview:
-        nonlocal offset
-        if offset + size > len(view):
-            raise SerializationError(f"{what}: {field} runs past the end ({len(view) - offset} bytes left, {size} needed)")
-        chunk = view[offset : offset + size]
-        offset += size
-        return chunk
-
+    reader = FrameReader(data, magic=BUNDLE_MAGIC, kind="bundle", what=what)
+    take = reader.take
     count = int.from_bytes(take(4, "the count"), "big")
     if count > max_entries:
         raise SerializationError(f"{what}: {count} submissions, more than the {max_entries} it may hold")
@@ -98,6 +123,5 @@ def decode_submissions(data: bytes, *, max_entries: int, max_payload_bytes: int,
         if payload_len > max_payload_bytes:
             raise SerializationError(f"{what}: entry {i}'s payload is {payload_len} bytes, over {max_payload_bytes}")
         submissions.append(Submission(transaction=tx, payload=bytes(take(payload_len, f"entry {i}'s payload"))))
-    if offset != len(view):
-        raise SerializationError(f"{what}: {len(view) - offset} bytes follow the last entry")
+    reader.finish("the last entry")
     return submissions

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from torchchain.chain.block import MAX_BLOCK_BYTES
 from torchchain.errors import SerializationError
 from torchchain.protocol.attestation import attestation_set_bound
+from torchchain.protocol.bundle import FrameReader
 from torchchain.protocol.vote import vote_set_bound
 
 __all__ = ["PACKAGE_MAGIC", "decode_package", "encode_package", "package_bound"]
@@ -65,19 +66,8 @@ def decode_package(
         SerializationError: A wrong magic, a count or length over its bound or past the end,
             or bytes after the last part.
     """
-    view = memoryview(bytes(data))
-    if bytes(view[: len(PACKAGE_MAGIC)]) != PACKAGE_MAGIC:
-        raise SerializationError(f"{what}: does not start with the package magic")
-    offset = len(PACKAGE_MAGIC)
-
-    def take(size: int, field: str) -> memoryview:
-        nonlocal offset
-        if offset + size > len(view):
-            raise SerializationError(f"{what}: {field} runs past the end ({len(view) - offset} bytes left, {size} needed)")
-        chunk = view[offset : offset + size]
-        offset += size
-        return chunk
-
+    reader = FrameReader(data, magic=PACKAGE_MAGIC, kind="package", what=what)
+    take = reader.take
     count = int.from_bytes(take(4, "the count"), "big")
     if not 3 <= count <= max_payloads + 3:
         raise SerializationError(
@@ -92,6 +82,5 @@ def decode_package(
         if length > bound:
             raise SerializationError(f"{what}: {name} is {length} bytes, over {bound}")
         parts.append(bytes(take(length, name)))
-    if offset != len(view):
-        raise SerializationError(f"{what}: {len(view) - offset} bytes follow the last part")
+    reader.finish("the last part")
     return parts[0], parts[1], parts[2], parts[3:]
