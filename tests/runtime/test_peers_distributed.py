@@ -4,15 +4,14 @@ each process with its own ledger, ending on the same head."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+
+from spawning import free_port, run_ranks
 
 WORLD = 3
 SEED = 0
@@ -24,12 +23,6 @@ CONFIG = {
     "strategy": {"_target_": "torchchain.strategies.Median", "f": None, "pre": []},
     "chain": {"difficulty": 8, "max_update_mb": 64},
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(
@@ -83,30 +76,10 @@ def _spawn(
     fault_kind: str = "wrong_model",
 ) -> dict[int, dict]:
     """Run WORLD peer processes; their records by rank. Fails, never hangs."""
-    # A fork server imports torch and torchchain once and forks every rank from it.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_forkserver_preload(["torchchain.runtime.peer", "pytest"])
-        start_method = "forkserver"
-    else:
-        start_method = "spawn"
-    context = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path), faulty, rounds, resume, fault_kind), nprocs=WORLD, join=False,
-        start_method=start_method,
+    run_ranks(
+        _worker, (free_port(), str(tmp_path), faulty, rounds, resume, fault_kind), nprocs=WORLD, limit=limit,
+        preload="torchchain.runtime.peer", what="peer processes",
     )
-    deadline = time.monotonic() + limit
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"peer processes still running after {limit:g} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-        for process in context.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
     return {
         rank: json.loads((tmp_path / f"peer-{rank}.json").read_text())
         for rank in range(WORLD)

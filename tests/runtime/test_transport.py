@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
-import socket
 import threading
 import time
 import tracemalloc
@@ -16,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from spawning import free_port, run_ranks
 from torchchain.errors import ConfigError, TorchchainError
 from torchchain.runtime import transport as transport_module
 from torchchain.runtime.transport import (
@@ -350,12 +348,6 @@ def test_source_uses_no_object_collectives_and_no_pickle():
 WORLD = 3
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _error(error: TransportError, start: float) -> dict:
     return {
         "code": error.code,
@@ -456,35 +448,10 @@ def _worker(rank: int, port: int, scenario: str, out_dir: str, timeout: float) -
 
 def _spawn(tmp_path: Path, scenario: str, *, timeout: float, limit: float = 120.0) -> dict[int, dict]:
     """Run ``scenario`` on WORLD gloo processes; their records by rank. Fails, never hangs."""
-    # A fork server imports torch and torchchain once and forks every rank from it: a fresh
-    # interpreter per rank would pay those imports (seconds) three times per scenario. (The
-    # preload names installed modules: the server does not see the sys.path pytest extends.)
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_forkserver_preload(["torchchain.runtime.transport", "pytest"])
-        start_method = "forkserver"
-    else:
-        start_method = "spawn"
-    context = mp.start_processes(
-        _worker,
-        args=(_free_port(), scenario, str(tmp_path), timeout),
-        nprocs=WORLD,
-        join=False,
-        start_method=start_method,
+    run_ranks(
+        _worker, (free_port(), scenario, str(tmp_path), timeout), nprocs=WORLD, limit=limit,
+        preload="torchchain.runtime.transport", what=f"scenario {scenario!r}",
     )
-    deadline = time.monotonic() + limit
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"scenario {scenario!r}: processes still running after {limit:g} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-        for process in context.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
     records = {}
     for rank in range(WORLD):
         path = tmp_path / f"{scenario}-{rank}.json"
