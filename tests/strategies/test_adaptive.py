@@ -227,7 +227,7 @@ def _two_rounds(
 
 
 @pytest.mark.parametrize("kwargs", DETERMINISM)
-def test_repeated_calls_and_row_permutations_give_the_same_bits(kwargs):
+def test_repeated_calls_give_the_same_bits_and_row_permutations_only_rounding(kwargs):
     first, second = rows(12, 3000, seed=5, spread=1.0), rows(12, 3000, seed=6, spread=1.0)
     expected, expected_trust = _two_rounds(kwargs, first, second)
     again, again_trust = _two_rounds(kwargs, first, second)
@@ -236,8 +236,9 @@ def test_repeated_calls_and_row_permutations_give_the_same_bits(kwargs):
         perm = torch.randperm(12, generator=torch.Generator().manual_seed(seed))
         permuted, permuted_trust = _two_rounds(kwargs, first, second, perm)
         assert len(permuted) == len(expected)
-        assert all(torch.equal(a, b) for a, b in zip(permuted, expected))
-        # Strategy.__call__ renormalises the trust in row order, so it may differ in the last bit.
+        # Sums over clients add the rows in the order given (client-key order on a ledger), so
+        # another order may move the last bits, and no more.
+        assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(permuted, expected))
         assert all(torch.allclose(a, b, rtol=0, atol=1e-15) for a, b in zip(permuted_trust, expected_trust))
 
 

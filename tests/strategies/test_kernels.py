@@ -34,6 +34,28 @@ def test_sorted_sum_does_not_depend_on_the_order_of_the_values():
         assert torch.equal(K.sorted_sum(values[perm]), expected)
 
 
+def test_ordered_weighted_sum_adds_the_rows_left_to_right():
+    # 1e16 + 1 rounds back to 1e16, so the order of the rows shows in the result.
+    rows = t([[1e16], [1.0], [1.0], [-1e16]])
+    assert K.ordered_weighted_sum(rows, t([1.0, 1.0, 1.0, 1.0])).item() == 0.0
+    assert K.ordered_weighted_sum(rows[[1, 2, 0, 3]], t([1.0, 1.0, 1.0, 1.0])).item() == 2.0
+
+
+@pytest.mark.parametrize("d", [1, 4096, 4097, 10_001])
+def test_ordered_weighted_sum_and_blocked_distances_equal_the_whole_matrix_formulas_bit_for_bit(d):
+    generator = torch.Generator().manual_seed(d)
+    updates = torch.randn(9, d, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-8, 8, (9, 1), generator=generator)
+    coefficients = torch.rand(9, generator=generator, dtype=torch.float64)
+    center = torch.randn(d, generator=generator, dtype=torch.float64)
+    assert torch.equal(K.ordered_weighted_sum(updates, coefficients), K.sequential_sum(updates * coefficients[:, None]))
+    diff = updates - center
+    assert torch.equal(K.sq_distances_to(updates, center), K.row_sums(diff * diff))
+    assert torch.equal(K.row_norms(updates), K.row_sums(updates * updates).sqrt())
+    pairwise = K.pairwise_sq_distances(updates)
+    for i in range(9):
+        assert torch.equal(pairwise[i, i + 1 :], K.row_sums((updates[i + 1 :] - updates[i]) ** 2))
+
+
 def test_row_sums_of_long_rows_are_exact_on_integers():
     # 10_001 coordinates: two full blocks of 4096 and a shorter last block
     rows = torch.stack([torch.ones(10_001, dtype=torch.float64), torch.arange(10_001, dtype=torch.float64)])
@@ -104,6 +126,17 @@ def test_coordinate_median_even_n_is_the_mean_of_the_two_middle_values():
 def test_coordinate_median_matches_numpy(rows):
     expected = np.median(np.array(rows, dtype=np.float64), axis=0)
     assert np.allclose(K.coordinate_median(t(rows)).numpy(), expected, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 11])
+@pytest.mark.parametrize("d", [1, 5, 8192, 20_000])
+def test_coordinate_median_has_the_bits_of_the_sorted_middle_values_ties_and_infinities_included(n, d):
+    generator = torch.Generator().manual_seed(n * d)
+    tied = torch.randint(-3, 4, (n, d), generator=generator).to(torch.float64)  # many equal values
+    spread = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    spread[0, :3] = torch.tensor([float("inf"), -float("inf"), float("inf")])[:d]
+    for updates in (tied, spread):
+        assert torch.equal(K.coordinate_median(updates), K.coordinate_trimmed_mean(updates, (n - 1) // 2))
 
 
 def test_trimmed_mean_drops_trim_values_at_each_end_of_every_coordinate():
@@ -290,9 +323,9 @@ def test_geometric_median_stays_with_the_honest_rows_up_to_float32_max(far):
     assert float(K.row_norms((point - reference)[None, :])[0]) < spread
     assert float(coefficients[7:].sum()) < 1e-6
     assert torch.equal(point, K.weighted_mean(rows, coefficients))
-    # Permuting the rows gives the same bits, far rows included.
+    # Another row order moves at most the last bits, far rows included.
     perm = torch.randperm(10, generator=generator)
-    assert torch.equal(K.geometric_median(rows[perm], torch.ones(10, dtype=torch.float64))[0], point)
+    assert torch.allclose(K.geometric_median(rows[perm], torch.ones(10, dtype=torch.float64))[0], point, rtol=0, atol=1e-12)
 
 
 def test_geometric_median_stops_when_the_estimate_stops_moving():

@@ -40,22 +40,32 @@ def sample(n: int, d: int, seed: int) -> tuple[Tensor, Tensor]:
 # -- determinism ----------------------------------------------------------------------------
 
 
+#: Rules whose result is built from order statistics and selections only: their sums run over
+#: sorted values or over rows in score order, so any order of the rows gives the same bits. The
+#: other rules add the rows in the order given (client-key order on a ledger).
+ORDER_FREE = {"median", "trimmed_mean", "krum", "multikrum", "bulyan", "lnearest"}
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @pytest.mark.parametrize("d", [5, 2500])
-def test_permuting_the_rows_gives_a_bit_identical_update(name, d):
+def test_permuting_the_rows_moves_the_update_by_rounding_at_most(name, d):
     updates, weights = sample(11, d, seed=d)
     reference = updates[:3].mean(dim=0)
     expected = run(build(name, n=11, f=2), updates, weights, reference)
+    assert torch.equal(run(build(name, n=11, f=2), updates, weights, reference).update, expected.update)
     for seed in (1, 2, 3):
         perm = torch.randperm(11, generator=torch.Generator().manual_seed(seed))
         result = run(build(name, n=11, f=2), updates[perm], weights[perm], reference)
-        assert torch.equal(result.update, expected.update)
+        if name in ORDER_FREE:
+            assert torch.equal(result.update, expected.update)
+        else:
+            assert torch.allclose(result.update, expected.update, rtol=1e-12, atol=1e-14)
         assert torch.allclose(result.trust, expected.trust[perm], rtol=0, atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.permutations(list(range(7))), st.sampled_from(sorted(set(STRATEGIES) - ANCHORED)))
-def test_permutation_invariance_holds_for_any_permutation(perm, name):
+@given(st.permutations(list(range(7))), st.sampled_from(sorted(ORDER_FREE)))
+def test_order_statistic_rules_give_the_same_bits_for_any_permutation(perm, name):
     updates, weights = sample(7, 4, seed=11)
     expected = run(build(name, n=7, f=1), updates, weights)
     assert torch.equal(run(build(name, n=7, f=1), updates[perm], weights[perm]).update, expected.update)

@@ -471,7 +471,10 @@ def _validated_inputs(updates: Any, weights: Any) -> tuple[Tensor, Tensor]:
         raise ValueError(f"updates must have shape (n, d) with n, d >= 1, got {tuple(updates.shape)}")
     if weights.shape != (updates.shape[0],):
         raise ValueError(f"weights must have shape ({updates.shape[0]},), one per update, got {tuple(weights.shape)}")
-    bad_rows = (~torch.isfinite(updates)).any(dim=1).nonzero().flatten().tolist()
+    # A row is finite iff its smallest and largest entries are (both propagate NaN): one pass,
+    # no (n, d) temporary.
+    lowest, highest = torch.aminmax(updates, dim=1)
+    bad_rows = (~(torch.isfinite(lowest) & torch.isfinite(highest))).nonzero().flatten().tolist()
     if bad_rows:
         raise ValueError(f"updates must be finite; rows {bad_rows} hold NaN or inf")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):

@@ -9,9 +9,13 @@ block's aggregate and compare model hashes, so the functions keep three rules:
   here runs in a fixed order: a sequential scan (:func:`torch.cumsum`, which adds in index order
   on the CPU), or element-wise additions of fixed-size blocks where the vectors are long
   (:func:`row_sums`).
-* **Sums over clients do not depend on the order of the clients.** The terms of each coordinate
-  are sorted before they are added (:func:`sorted_sum`), so permuting the rows of ``updates``
-  (with their weights) leaves a mean bit-identical.
+* **Sums over clients add the rows in row order.** Rows arrive sorted by client key, an order
+  the ledger fixes before any update is seen (DESIGN.md invariant 3), so every node adds the same
+  terms in the same order: a weighted mean is ``c_0 x_0 + c_1 x_1 + ...`` left to right
+  (:func:`ordered_weighted_sum`), one pass over each row with no ``(n, d)`` temporary. Listing
+  the same rows in another order can change the last bits of a mean (never the rows an
+  order-based rule keeps); sums over the ``n`` weights or scores, which are short, still add
+  their terms in ascending order (:func:`sorted_sum`).
 * **Ties are broken by row index.** Among rows with equal scores or distances, selections
   prefer the row with the smaller index (a stable sort by value, then index). Rows arrive sorted
   by client key, so that is client-key order, which the ledger fixes before any update is seen.
@@ -29,6 +33,7 @@ with either sign. :class:`~torchchain.strategies.base.Strategy` does this before
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -46,6 +51,7 @@ __all__ = [
     "mean_around_median_with_shares",
     "median_clip_factors",
     "nearest_rows",
+    "ordered_weighted_sum",
     "pairwise_sq_distances",
     "row_norms",
     "row_sums",
@@ -59,6 +65,9 @@ __all__ = [
 
 #: Block length of :func:`row_sums`.
 _BLOCK = 4096
+
+#: Coordinates per block of :func:`coordinate_median` (a block of ``n`` rows is transposed).
+_MEDIAN_COLUMNS = 8192
 
 
 # -- sums in a fixed order ------------------------------------------------------------------
@@ -111,34 +120,73 @@ def row_sums(values: Tensor) -> Tensor:
     Returns:
         A tensor of shape ``(...)``.
     """
-    d = values.shape[-1]
+    return _blocked_row_sums(lambda start, stop: values[..., start:stop], values.shape[-1])
+
+
+def _blocked_row_sums(terms: Callable[[int, int], Tensor], d: int) -> Tensor:
+    """:func:`row_sums` of a ``(..., d)`` matrix of terms that is never built whole.
+
+    ``terms(start, stop)`` returns the terms of coordinates ``start:stop`` (a new tensor or a
+    view; it is not changed). Only one block of terms and the ``(..., 4096)`` partial sums live
+    at a time, so a distance or a norm costs one pass over the rows and no ``(n, d)``
+    temporary, with the bits :func:`row_sums` gives on the whole matrix.
+    """
     if d <= _BLOCK:
-        return sequential_sum(values, dim=-1)
+        return sequential_sum(terms(0, d), dim=-1)
     full = d // _BLOCK
-    partial = values[..., :_BLOCK].clone()
+    partial = terms(0, _BLOCK).clone()
     for block in range(1, full):
-        partial += values[..., block * _BLOCK : (block + 1) * _BLOCK]
-    tail = values[..., full * _BLOCK :]
-    partial[..., : tail.shape[-1]] += tail
+        partial += terms(block * _BLOCK, (block + 1) * _BLOCK)
+    if full * _BLOCK < d:
+        tail = terms(full * _BLOCK, d)
+        partial[..., : tail.shape[-1]] += tail
     return sequential_sum(partial, dim=-1)
 
 
 # -- means ----------------------------------------------------------------------------------
 
 
+def ordered_weighted_sum(updates: Tensor, coefficients: Tensor) -> Tensor:
+    """``c_0 * x_0 + c_1 * x_1 + ...``, added left to right in row order.
+
+    Each product is rounded, then added to the running total, row after row; the result equals
+    ``sequential_sum(updates * coefficients[:, None])`` bit for bit, without building the
+    ``(n, d)`` products. Element-wise products and sums are exact IEEE operations, so the bits
+    do not depend on threads or the CPU's vector width.
+
+    Args:
+        updates: ``(n, d)`` float64, ``n >= 1``, in the order to add them (client-key order).
+        coefficients: ``(n,)`` float64.
+
+    Returns:
+        ``(d,)`` float64.
+    """
+    _check_matrix(updates)
+    if coefficients.shape != (updates.shape[0],):
+        raise ValueError(
+            f"coefficients must have shape ({updates.shape[0]},) to match updates, got {tuple(coefficients.shape)}"
+        )
+    total = updates[0] * coefficients[0]
+    term = torch.empty_like(total)
+    for row, coefficient in zip(updates[1:], coefficients[1:]):
+        total += torch.mul(row, coefficient, out=term)
+    return total
+
+
 def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
     """Mean of the rows of ``updates`` weighted by ``weights``.
 
-    The weights are normalised first (``c_i = w_i / sum_j w_j``) and the result is
-    ``sum_i c_i * updates[i]``, so a row holding all the weight comes back exactly, and the
+    The weights are normalised first (``c_i = w_i / sum_j w_j``, the total added in ascending
+    order) and the result is ``sum_i c_i * updates[i]`` added in row order
+    (:func:`ordered_weighted_sum`), so a row holding all the weight comes back exactly, and the
     coefficients a caller reports as trust are the ones that were applied.
 
     Args:
-        updates: ``(n, d)`` float64, ``n >= 1``.
+        updates: ``(n, d)`` float64, ``n >= 1``, in client-key order.
         weights: ``(n,)`` float64, non-negative, with a positive sum.
 
     Returns:
-        ``(d,)`` float64. Permuting the rows together with their weights gives the same bits.
+        ``(d,)`` float64, the same bits for the same rows in the same order on every machine.
 
     Raises:
         ValueError: If the shapes disagree or the weights are negative or sum to zero.
@@ -151,7 +199,7 @@ def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
     total = sorted_sum(weights)
     if not total > 0:
         raise ValueError("weights must have a positive sum")
-    return sorted_sum(updates * (weights / total)[:, None])
+    return ordered_weighted_sum(updates, weights / total)
 
 
 def trimmed_mean_with_shares(updates: Tensor, trim: int) -> tuple[Tensor, Tensor]:
@@ -200,7 +248,12 @@ def coordinate_trimmed_mean(updates: Tensor, trim: int) -> Tensor:
 def coordinate_median(updates: Tensor) -> Tensor:
     """Coordinate-wise median; for even ``n`` the mean of the two middle values.
 
-    (``torch.median`` returns the lower of the two middle values instead, which biases it.)
+    (``torch.median`` returns the lower of the two middle values instead, which biases it.) The
+    same values as :func:`coordinate_trimmed_mean` with ``trim = (n - 1) // 2``, bit for bit,
+    without sorting whole columns: blocks of :data:`_MEDIAN_COLUMNS` coordinates are transposed
+    so each column is contiguous, ``torch.median`` selects the lower middle value ``lo``, and for
+    even ``n`` the upper middle value is ``lo`` itself when more than ``n / 2`` values are at
+    most ``lo``, else the smallest value above ``lo``.
 
     Args:
         updates: ``(n, d)`` float64.
@@ -209,7 +262,18 @@ def coordinate_median(updates: Tensor) -> Tensor:
         ``(d,)`` float64.
     """
     _check_matrix(updates)
-    return coordinate_trimmed_mean(updates, (updates.shape[0] - 1) // 2)
+    n, d = updates.shape
+    median = torch.empty(d, dtype=torch.float64)
+    for start in range(0, d, _MEDIAN_COLUMNS):
+        columns = updates[:, start : start + _MEDIAN_COLUMNS].T.contiguous()
+        lower = torch.median(columns, dim=1).values
+        if n % 2 == 0:
+            at_most = (columns <= lower[:, None]).sum(dim=1)
+            above = torch.where(columns > lower[:, None], columns, torch.inf).amin(dim=1)
+            upper = torch.where(at_most > n // 2, lower, above)
+            lower = (lower + upper) / 2
+        median[start : start + columns.shape[0]] = lower
+    return median
 
 
 def mean_around_median_with_shares(updates: Tensor, beta: int) -> tuple[Tensor, Tensor]:
@@ -260,8 +324,12 @@ def sq_distances_to(updates: Tensor, center: Tensor) -> Tensor:
     _check_matrix(updates)
     if center.shape != updates.shape[1:]:
         raise ValueError(f"center must have shape ({updates.shape[1]},), got {tuple(center.shape)}")
-    diff = updates - center
-    return row_sums(diff * diff)
+
+    def squares(start: int, stop: int) -> Tensor:
+        diff = updates[:, start:stop] - center[start:stop]
+        return diff.mul_(diff)
+
+    return _blocked_row_sums(squares, updates.shape[1])
 
 
 def row_norms(vectors: Tensor) -> Tensor:
@@ -273,7 +341,7 @@ def row_norms(vectors: Tensor) -> Tensor:
     Returns:
         ``(n,)`` float64.
     """
-    return row_sums(vectors * vectors).sqrt()
+    return _blocked_row_sums(lambda start, stop: vectors[..., start:stop] * vectors[..., start:stop], vectors.shape[-1]).sqrt()
 
 
 def pairwise_sq_distances(updates: Tensor) -> Tensor:
@@ -294,8 +362,7 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     n = updates.shape[0]
     distances = torch.zeros(n, n, dtype=torch.float64)
     for i in range(n - 1):
-        diff = updates[i + 1 :] - updates[i]
-        row = row_sums(diff * diff)
+        row = sq_distances_to(updates[i + 1 :], updates[i])
         distances[i, i + 1 :] = row
         distances[i + 1 :, i] = row
     return distances
@@ -467,7 +534,8 @@ def geometric_median(
     Returns:
         ``(point, coefficients)``: the ``(d,)`` estimate, and the ``(n,)`` normalised coefficients
         of the last step, so that ``point == weighted_mean(updates, coefficients)`` exactly.
-        Permuting the rows with their weights gives the same bits.
+        Each step costs two passes over the rows (distances, then the weighted sum) and no
+        ``(n, d)`` temporary.
 
     Raises:
         ValueError: If an argument is out of range, or no row with positive weight is at a
@@ -490,7 +558,7 @@ def geometric_median(
         raise ValueError("weights must have a positive sum")
     shares = weights / total
     point = coordinate_median(updates)
-    distances = row_norms(updates - point)
+    distances = sq_distances_to(updates, point).sqrt()
     scale = max(float(coordinate_median(distances[:, None])[0]), float(nu))
     coefficients = shares
     for _ in range(max_iter):
@@ -507,7 +575,7 @@ def geometric_median(
         point = new_point
         if moved <= tol * scale:
             break
-        distances = row_norms(updates - point)
+        distances = sq_distances_to(updates, point).sqrt()
     return point, coefficients
 
 
@@ -585,7 +653,7 @@ def cosine_similarities(updates: Tensor, reference: Tensor) -> Tensor:
     _check_matrix(updates)
     if reference.shape != updates.shape[1:]:
         raise ValueError(f"reference must have shape ({updates.shape[1]},), got {tuple(reference.shape)}")
-    dots = row_sums(updates * reference)
+    dots = _blocked_row_sums(lambda start, stop: updates[:, start:stop] * reference[start:stop], updates.shape[1])
     norms = row_norms(updates) * row_norms(reference[None, :])[0]
     positive = norms > 0
     return torch.where(positive, dots / torch.where(positive, norms, torch.ones_like(norms)), torch.zeros_like(dots))
