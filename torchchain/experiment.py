@@ -8,6 +8,7 @@ from Hydra's Compose API.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from torchchain.protocol.round import max_update_bytes
 from torchchain.protocol.sampling import sample_size
 from torchchain.protocol.secure_round import secagg_config
 from torchchain.runtime.client import LocalTraining
+from torchchain.runtime.executor import EXECUTORS
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.simulation import Simulation, SimulationSettings
 from torchchain.updates.serialize import update_to_bytes
@@ -216,9 +218,9 @@ def _privacy(cfg: DictConfig, executor: str) -> LocalPrivacy:
     protocol = {key: cfg.get(key) for key in ("batch_size", "local_epochs", "local_steps")}
     PrivacyRules.from_config({**protocol, "privacy": privacy}, ())
     local = LocalPrivacy.from_config(privacy, noise_seed=None if privacy is None else privacy.get("noise_seed"))
-    if local.kind == "dpsgd" and executor == "batched":
+    if local.kind == "dpsgd" and executor in ("batched", "processes"):
         raise ConfigError(
-            "privacy=dpsgd trains each client with Opacus one after another; runtime.executor=batched "
+            f"privacy=dpsgd trains each client with Opacus one after another; runtime.executor={executor} "
             "cannot run it: use runtime.executor=auto or sequential"
         )
     return local
@@ -253,13 +255,19 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: for the first bad value.
     """
     steps = cfg.get("local_steps")
-    # runtime.executor / runtime.batch_clients: local, so a resumed run's older config.yaml may lack them.
+    # runtime.executor / batch_clients / workers: local, so a resumed run's older config.yaml may lack them.
     executor = OmegaConf.select(cfg, "runtime.executor", default="auto")
-    if executor not in ("auto", "sequential", "batched"):
-        raise ConfigError(f"runtime.executor must be one of auto, sequential, batched; got {executor!r}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     batch_clients = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
     if OmegaConf.select(cfg, "runtime.batch_clients", default=...) is not ...:
         batch_clients = _positive_int(cfg, "runtime.batch_clients", maximum=100_000)
+    workers = OmegaConf.select(cfg, "runtime.workers", default=None)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024):
+        raise ConfigError(
+            f"runtime.workers must be an integer in [1, 1024] (worker processes of runtime.executor=processes) "
+            f"or null for one per usable core, got {workers!r}"
+        )
     mine_workers = 1
     if OmegaConf.select(cfg, "runtime.mine_workers", default=...) is not ...:
         mine_workers = _positive_int(cfg, "runtime.mine_workers", maximum=256)
@@ -288,6 +296,7 @@ def _check_config(cfg: DictConfig) -> dict[str, Any]:
         "runtime.progress": _flag(cfg, "runtime.progress"),
         "runtime.executor": executor,
         "runtime.batch_clients": batch_clients,
+        "runtime.workers": workers,
         "runtime.mine_workers": mine_workers,
         "privacy": privacy,
         "chain.keep_updates": updates_kept({"chain": {"keep_updates": OmegaConf.select(cfg, "chain.keep_updates", default="all")}}),
@@ -319,6 +328,7 @@ def _settings(cfg: DictConfig, *, byzantine: int, device: torch.device, task: st
         progress=checked["runtime.progress"],
         executor=checked["runtime.executor"],
         batch_clients=checked["runtime.batch_clients"],
+        workers=checked["runtime.workers"],
         mine_workers=checked["runtime.mine_workers"],
         privacy=checked["privacy"],
     )
@@ -761,9 +771,12 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
     settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, task=data.task))
     if settings.clients > len(data.train):
         raise ConfigError(f"clients={clients} exceeds the {len(data.train)} training samples of {data.name}")
-    model = _instantiate(
-        cfg.model, "model", torch.nn.Module, input_shape=list(data.input_shape), num_outputs=data.num_outputs
-    )
+    model_options = {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    model = _instantiate(cfg.model, "model", torch.nn.Module, **model_options)
+    # runtime.executor=processes builds the same architecture in each worker process from plain values.
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    model_factory = functools.partial(instantiate, model_config, _convert_="all", **model_options)
+    settings = dataclasses.replace(settings, model_factory=model_factory)
     floats = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
     update_bytes = len(update_to_bytes(floats))
     secagg = secagg_config(recorded, round_size=rows)

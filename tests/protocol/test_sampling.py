@@ -61,16 +61,16 @@ def test_an_unsampled_member_is_rejected() -> None:
 
 
 def test_a_sampled_run_trains_only_the_sample_and_audits(tmp_path, monkeypatch) -> None:
-    from torchchain.runtime.simulation import Simulation
+    from torchchain.runtime.executor import LocalExecutor
 
     trained = []
-    original = Simulation._train_delta
+    original = LocalExecutor.train
 
-    def count(self, data, generator, momentum_buffers):
-        trained.append(1)
-        return original(self, data, generator, momentum_buffers)
+    def count(self, model, global_state, datas, *args, **kwargs):
+        trained.extend(datas)
+        return original(self, model, global_state, datas, *args, **kwargs)
 
-    monkeypatch.setattr(Simulation, "_train_delta", count)
+    monkeypatch.setattr(LocalExecutor, "train", count)
     summary = run(compose_config([*FAST, "clients=12", "clients_per_round=3", "rounds=4", "attack=signflip"]), tmp_path)
     assert len(trained) == 3 * 4  # unsampled clients cost nothing
     ledger = Ledger.open(tmp_path / "ledger")

@@ -8,7 +8,7 @@ against, signed with the client's Ed25519 key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,9 +20,10 @@ from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.data import DataSplit
 from torchchain.protocol.submission import Submission
 from torchchain.updates.codecs import Codec, NoCodec, TopK, codec_seed, error_feedback_step
+from torchchain.updates.delta import compute_delta
 from torchchain.updates.serialize import update_to_bytes
 
-__all__ = ["Client", "LocalTraining", "evaluate", "train_local"]
+__all__ = ["Client", "LocalTraining", "evaluate", "train_local", "train_sequential", "trainable_names"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,38 @@ def train_local(
                     momentum_buffers[name] = buf
                     step = buf
                 p.add_(step, alpha=-settings.lr)
+
+
+def train_sequential(
+    model: nn.Module,
+    global_state: Mapping[str, torch.Tensor],
+    datas: Sequence[DataSplit],
+    settings: LocalTraining,
+    *,
+    device: torch.device,
+    generators: Sequence[torch.Generator],
+    momentum_buffers: Sequence[dict[str, torch.Tensor] | None],
+) -> list[dict[str, torch.Tensor]]:
+    """Each client in turn: load ``global_state`` into ``model``, :func:`train_local`, take the delta.
+
+    Returns:
+        Each client's ``θ_local − θ_global`` on CPU, in the order of ``datas``; ``model`` is left
+        holding the last client's weights.
+    """
+    deltas = []
+    for data, generator, buffers in zip(datas, generators, momentum_buffers):
+        model.load_state_dict(global_state)
+        train_local(model, data, settings, device=device, generator=generator, momentum_buffers=buffers)
+        deltas.append(compute_delta(model.state_dict(), global_state))
+    return deltas
+
+
+def trainable_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters that train, and of those that do not (``requires_grad=False``)."""
+    trained, frozen = [], []
+    for name, p in model.named_parameters():
+        (trained if p.requires_grad else frozen).append(name)
+    return trained, frozen
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""How a round's local training runs: one client after another, or all clients at once.
+"""How a round's local training runs: one client after another, all at once, or on worker processes.
 
 ``runtime.executor`` (a local setting: it is not recorded in the genesis block and may change
 on resume) picks one of:
@@ -17,38 +17,83 @@ on resume) picks one of:
     a client that has no step ``t`` (it has fewer batches) sits step ``t`` out: neither its
     parameters nor its momentum buffer move. SGD with momentum is as in ``train_local``,
     with the buffers carried in ``client.momentum_buffers`` across rounds.
+``processes``
+    The round's clients are dealt to ``runtime.workers`` worker processes (default: one per
+    usable core, :func:`usable_cores`; never more than there are clients), heaviest clients
+    first, each to the least loaded worker. Each worker runs one torch thread and trains its
+    clients exactly as ``sequential`` does: ``train_local`` from the global model, with the
+    client's own generator (its state is sent) and momentum buffers; it returns each client's
+    delta and buffers, on CPU, in client order. CPU only. The pool starts at the first round
+    that uses it (workers are spawned, import torch and build the model: about 1.5 s) and is
+    reused by every later round; the simulation and each peer stop it when the run ends or
+    fails (:meth:`LocalExecutor.close`), and a worker also stops when its parent goes away.
+    Each worker builds the model from a picklable factory (``SimulationSettings.model_factory``:
+    ``hydra.utils.instantiate`` of the ``model`` config) and memory-maps every client's data
+    from one safetensors file written at the start and deleted once all workers hold it, so
+    the data cross once and the page cache keeps one copy. A worker that dies, or sends
+    nothing for ``timeout`` seconds (30 minutes by default) while training a client, ends the
+    round with a :class:`WorkerError` naming the worker and the client, and every worker is
+    stopped. As with any spawned process, a script that starts a run must guard it with
+    ``if __name__ == "__main__":`` (``train.py`` does): each worker imports the script's module.
 ``auto`` (default)
-    ``batched`` when the round has at least two clients and the model is supported, else
-    ``sequential``.
+    ``batched`` on a GPU when the round has at least two clients and the model is supported;
+    on a CPU ``processes`` when it would use at least two workers, the model has at least
+    :data:`AUTO_PROCESSES_MIN_PARAMETERS` parameters and a model factory is given (logged
+    once); else ``sequential``.
 
 Supported models are those whose whole state is parameters (no buffers such as BatchNorm
 running statistics) and whose forward and backward ``torch.func`` can vmap (checked once by a
 probe on one sample). With ``auto`` an unsupported model falls back to ``sequential`` with a
 one-time warning; with ``batched`` it is refused with a :class:`~torchchain.errors.ConfigError`
 at the first round (the executor is local, so ``resume=<run> runtime.executor=sequential``
-continues the run).
+continues the run). ``processes`` trains any model the sequential executor trains; one that
+draws from torch's global random stream (dropout) draws, per client, from a stream seeded by
+the client's generator, so its updates differ from the sequential executor's but do not depend
+on the worker count.
+
+Transport of the ``processes`` executor: parent and worker exchange one
+``Connection.send_bytes`` message per task and per client reply, each a small JSON header
+(ints and strings) followed by safetensors bytes; nothing is pickled after a worker starts.
+The parent reads a reply within a bound computed from the model's size and parses it as
+untrusted input (strict JSON, :func:`~torchchain.updates.serialize.update_from_bytes`), then
+checks its tensors' names, dtypes and shapes against the model; a reply that does not match is
+a :class:`WorkerError`. Whether the values are finite is checked later, as for every update.
 
 Memory: a chunk of ``C`` clients holds ``C`` copies of the parameters, their gradients and,
 with momentum, their buffers, plus ``C`` mini-batches of activations. Clients are therefore
 trained in chunks of at most ``runtime.batch_clients`` (default 64): for the default CNN
 (0.42 M parameters) a chunk of 64 holds about 0.1 GB per copy (about 0.35 GB with momentum),
-plus the activations of 64 batches. Lower it for big models, raise it on a large GPU.
+plus the activations of 64 batches. Lower it for big models, raise it on a large GPU. A
+``processes`` worker holds one model, its gradients and one client's buffers and batch.
 
 Speed: the batched executor cuts per-step overhead (one vmapped step for all clients instead
 of one small step per client), which is what an accelerator rewards; on a CPU the work is
-compute-bound and batched runs about as fast as sequential (``benchmarks/executor.py``).
+compute-bound and batched runs about as fast as sequential (``benchmarks/executor.py``). On a
+CPU the processes executor gives each core whole clients instead of splitting every small
+step across threads that wait for each other at every step. ``benchmarks/executor.py
+--clients 10 --threads 2`` on 2 cores, default CNN: 0.58 s a round against 0.60 s for two
+threads with one other busy process on the machine, 1.9-2.1 s against 8-12 s with several
+(threads stall whenever one of them loses its core; a single-threaded worker only slows down);
+an MLP of 50,890 parameters: 0.03-0.11 s against 0.04-0.79 s. Starting the pool costs about
+1.3 s, once. Hence ``auto`` picks it for models of :data:`AUTO_PROCESSES_MIN_PARAMETERS`
+parameters or more, whose runs are long beside that start; smaller ones (the default MLP on
+digits: 4,810 parameters, a few ms a client) stay sequential.
 
-Results are not bit-identical to ``sequential`` (batched kernels sum in another order) but
-agree to float32 rounding, and are deterministic on CPU for a given executor and
-``batch_clients``. The deltas are returned on CPU, so aggregation is untouched. Momentum
-buffers the batched executor writes are kept on CPU between rounds (the sequential executor
-leaves them on the training device); either executor takes them from wherever they are.
+Results are not bit-identical to ``sequential`` (batched kernels sum in another order; a
+single-threaded worker's kernels may sum in another order than several threads do) but agree
+to float32 rounding, and are deterministic on CPU for a given executor and ``batch_clients``
+(``processes``: whatever the worker count). The deltas are returned on CPU, so aggregation is
+untouched. Momentum buffers the batched and processes executors write are kept on CPU between
+rounds (the sequential executor leaves them on the training device); every executor takes them
+from wherever they are.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,27 +102,39 @@ from torch.func import functional_call, grad, vmap
 
 from torchchain.data import DataSplit
 from torchchain.errors import ConfigError
-from torchchain.runtime.client import LocalTraining, _batches, _loss
+from torchchain.runtime.client import LocalTraining, _batches, _loss, train_sequential, trainable_names
+from torchchain.runtime.worker_pool import TensorSpec, TrainingPool, WorkerError, usable_cores
 from torchchain.updates.delta import compute_delta
 
-__all__ = ["DEFAULT_BATCH_CLIENTS", "EXECUTORS", "LocalExecutor", "batching_unsupported", "train_batched"]
+__all__ = [
+    "AUTO_PROCESSES_MIN_PARAMETERS",
+    "DEFAULT_BATCH_CLIENTS",
+    "DEFAULT_WORKER_TIMEOUT",
+    "EXECUTORS",
+    "LocalExecutor",
+    "WorkerError",
+    "batching_unsupported",
+    "train_batched",
+    "train_sequential",
+    "usable_cores",
+]
+
+_log = logging.getLogger(__name__)
 
 #: The values of ``runtime.executor``.
-EXECUTORS = ("auto", "sequential", "batched")
+EXECUTORS = ("auto", "sequential", "batched", "processes")
 
 #: Default ``runtime.batch_clients``: most clients trained in one vmapped chunk.
 DEFAULT_BATCH_CLIENTS = 64
 
+#: ``auto`` on CPU trains in worker processes from this many model parameters on.
+AUTO_PROCESSES_MIN_PARAMETERS = 50_000
+
+#: Seconds a worker may go without reporting a client before it is taken as hung.
+DEFAULT_WORKER_TIMEOUT = 1800.0
+
 #: Mini-batch index tables are built for this many steps at a time (bounded host memory).
 _STEPS_PER_BLOCK = 256
-
-
-def _trainable(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the parameters that train, and of those that do not (``requires_grad=False``)."""
-    trained, frozen = [], []
-    for name, p in model.named_parameters():
-        (trained if p.requires_grad else frozen).append(name)
-    return trained, frozen
 
 
 def _make_grad_fn(model: nn.Module, task: str, frozen: Mapping[str, torch.Tensor]):
@@ -106,7 +163,7 @@ def batching_unsupported(model: nn.Module, sample: DataSplit | None = None, *, t
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:
         return f"the model has buffers ({', '.join(buffers[:3])}{', ...' if len(buffers) > 3 else ''}), e.g. BatchNorm running statistics"
-    trained, frozen_names = _trainable(model)
+    trained, frozen_names = trainable_names(model)
     if not trained:
         return "the model has no trainable parameters"
     if sample is None or len(sample) == 0:
@@ -146,25 +203,82 @@ def batching_unsupported(model: nn.Module, sample: DataSplit | None = None, *, t
 
 
 class LocalExecutor:
-    """Decides, round by round, whether the round's clients train sequentially or batched.
+    """Picks, round by round, how the round's clients train, and trains them (:meth:`train`).
 
     Args:
-        kind: ``"auto"``, ``"sequential"`` or ``"batched"`` (see the module docstring).
+        kind: ``"auto"``, ``"sequential"``, ``"batched"`` or ``"processes"`` (see the module
+            docstring).
         batch_clients: Most clients trained in one vmapped chunk.
+        workers: Worker processes of the ``processes`` executor; ``None``: one per usable core
+            (:func:`usable_cores`). The pool never holds more workers than the clients it may
+            train (``client_data``, else the first round's), and a round uses at most one per
+            client.
+        model_factory: Builds the model's architecture in a worker process (picklable, e.g.
+            ``functools.partial(hydra.utils.instantiate, model_config)``); its weights are not
+            used. The ``processes`` executor needs it.
+        client_data: Every client's data by client index, written once to a memory-mapped file
+            that all workers share; a client passed to :meth:`train` under another index (or
+            not at all) sends its data with every task instead.
+        timeout: Seconds a worker may go without reporting a client before it counts as hung.
 
     Raises:
-        ConfigError: for an unknown ``kind`` or a ``batch_clients`` below 1.
+        ConfigError: for an unknown ``kind``, a ``batch_clients`` below 1 or a ``workers``
+            that is not a positive integer.
+
+    The ``processes`` executor holds worker processes from its first round on: call
+    :meth:`close` (or use the executor as a context manager) when the run ends.
     """
 
-    def __init__(self, kind: str = "auto", *, batch_clients: int = DEFAULT_BATCH_CLIENTS) -> None:
+    def __init__(
+        self,
+        kind: str = "auto",
+        *,
+        batch_clients: int = DEFAULT_BATCH_CLIENTS,
+        workers: int | None = None,
+        model_factory: Callable[[], nn.Module] | None = None,
+        client_data: Mapping[int, DataSplit] | None = None,
+        timeout: float = DEFAULT_WORKER_TIMEOUT,
+    ) -> None:
         if kind not in EXECUTORS:
             raise ConfigError(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {kind!r}")
         if isinstance(batch_clients, bool) or not isinstance(batch_clients, int) or batch_clients < 1:
             raise ConfigError(f"runtime.batch_clients must be a positive integer, got {batch_clients!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigError(
+                f"runtime.workers must be a positive integer (worker processes of runtime.executor=processes) "
+                f"or null for one per usable core, got {workers!r}"
+            )
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.kind = kind
         self.batch_clients = batch_clients
+        self.workers = workers
+        self.model_factory = model_factory
+        self.client_data = dict(client_data or {})
+        self.timeout = float(timeout)
         self._verdicts: dict[int, str | None] = {}  # id(model) -> reason it cannot batch, or None
         self._warned = False
+        self._announced = False
+        self._pool: TrainingPool | None = None
+        self._pool_refused: str | None = None  # auto: why the pool could not start, once it could not
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes, if any run (idempotent); a later round starts new ones."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _abort(self) -> None:
+        """Stop the workers at once: after a failed round some may still be training."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(at_once=True)
 
     def use_batched(
         self, model: nn.Module, datas: Sequence[DataSplit], *, task: str, device: torch.device | None = None
@@ -178,7 +292,7 @@ class LocalExecutor:
         Raises:
             ConfigError: ``kind="batched"`` and the model cannot train batched.
         """
-        if self.kind == "sequential":
+        if self.kind in ("sequential", "processes"):
             return False
         if self.kind == "auto" and (len(datas) < 2 or device is None or device.type != "cuda"):
             return False
@@ -198,6 +312,147 @@ class LocalExecutor:
             self._warned = True
             warnings.warn(f"runtime.executor=auto: training clients sequentially because {reason}", RuntimeWarning, stacklevel=2)
         return False
+
+    def choose(
+        self, model: nn.Module, datas: Sequence[DataSplit], *, task: str, device: torch.device | None = None
+    ) -> str:
+        """The executor this round's clients train with: ``"sequential"``, ``"batched"`` or ``"processes"``.
+
+        Raises:
+            ConfigError: ``kind="batched"`` and the model cannot train batched, or
+                ``kind="processes"`` on a GPU, without a model factory, or in a daemonic process.
+        """
+        if self.kind == "processes":
+            reason = self._processes_unavailable(device)
+            if reason is not None:
+                raise ConfigError(f"runtime.executor=processes cannot train here: {reason}")
+            return "processes"
+        if self.use_batched(model, datas, task=task, device=device):
+            return "batched"
+        if self.kind == "auto" and self._processes_pay(model, datas, device):
+            return "processes"
+        return "sequential"
+
+    def _processes_unavailable(self, device: torch.device | None) -> str | None:
+        if device is not None and device.type != "cpu":
+            return (
+                f"its workers train on CPU cores, and this run trains on {device}; use runtime.executor=auto or batched"
+            )
+        if self.model_factory is None:
+            return "no model factory to build the model in a worker process (LocalExecutor(model_factory=...))"
+        if multiprocessing.current_process().daemon:
+            return "this is a daemonic process, which may not start worker processes"
+        return None
+
+    def _processes_pay(self, model: nn.Module, datas: Sequence[DataSplit], device: torch.device | None) -> bool:
+        """``auto`` on CPU: whether worker processes beat threads for this round (measured in
+        ``benchmarks/executor.py``: see the module docstring)."""
+        if self._pool_refused is not None or device is None or self._processes_unavailable(device) is not None:
+            return False
+        workers = min(self.workers or usable_cores(), len(datas))
+        parameters = sum(p.numel() for p in model.parameters())
+        if workers < 2 or parameters < AUTO_PROCESSES_MIN_PARAMETERS:
+            return False
+        if not self._announced:
+            self._announced = True
+            _log.info(
+                "runtime.executor=auto: training clients on %d worker processes, one core each "
+                "(CPU run, %d usable cores, model of %s parameters >= %s)",
+                workers, usable_cores(), f"{parameters:,}", f"{AUTO_PROCESSES_MIN_PARAMETERS:,}",
+            )
+        return True
+
+    def train(
+        self,
+        model: nn.Module,
+        global_state: Mapping[str, torch.Tensor],
+        datas: Sequence[DataSplit],
+        settings: LocalTraining,
+        *,
+        device: torch.device,
+        generators: Sequence[torch.Generator],
+        momentum_buffers: Sequence[dict[str, torch.Tensor] | None],
+        clients: Sequence[int] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Train one copy of ``global_state`` per client with the executor :meth:`choose` picks.
+
+        Args:
+            model: A module of the run's architecture on ``device`` (the sequential executor
+                trains it in place; the others only read its structure).
+            global_state: The global model every client starts from (on CPU).
+            datas: Each client's private data (on CPU).
+            settings: Epochs or steps, batch size, learning rate, momentum, loss.
+            device: Where to train (the ``processes`` executor trains on CPU only).
+            generators: Each client's shuffling generator, as :func:`train_local` takes it.
+            momentum_buffers: Each client's momentum buffers by parameter name, updated in
+                place, or ``None`` for a client that keeps none.
+            clients: Each client's index (as in ``client_data``), for the shared data and for
+                error messages; ``None``: positions in the round.
+
+        Returns:
+            Each client's ``θ_local − θ_global`` on CPU, in the order of ``datas``.
+
+        Raises:
+            ConfigError: The executor asked for cannot train this model or on this device.
+            WorkerError: A worker process died, hung, or sent a malformed reply; every worker
+                is stopped before it is raised.
+        """
+        same = len(datas) == len(generators) == len(momentum_buffers)
+        if not same or (clients is not None and len(clients) != len(datas)):
+            raise ValueError("datas, generators, momentum_buffers and clients must have one entry per client")
+        if not datas:
+            return []
+        kind = self.choose(model, datas, task=settings.task, device=device)
+        if kind == "batched":
+            return train_batched(
+                model, global_state, datas, settings, device=device, generators=generators,
+                momentum_buffers=momentum_buffers, batch_clients=self.batch_clients,
+            )
+        if kind == "processes":
+            pool = self._pool_for(model, global_state, datas, clients)
+            if pool is not None:
+                try:
+                    return pool.train(
+                        global_state, datas, settings, generators=generators, momentum_buffers=momentum_buffers,
+                        clients=clients,
+                    )
+                except BaseException:
+                    self._abort()  # no worker outlives a failed round
+                    raise
+        return train_sequential(
+            model, global_state, datas, settings, device=device, generators=generators,
+            momentum_buffers=momentum_buffers,
+        )
+
+    def _pool_for(
+        self,
+        model: nn.Module,
+        global_state: Mapping[str, torch.Tensor],
+        datas: Sequence[DataSplit],
+        clients: Sequence[int] | None,
+    ) -> TrainingPool | None:
+        """The running pool, started at the first round that needs it; ``None`` when ``auto``
+        could not start one (it then trains sequentially, after one warning)."""
+        spec = TensorSpec.of(model, global_state)
+        if self._pool is not None and self._pool.spec != spec:
+            self.close()  # another architecture than the workers hold
+        if self._pool is None:
+            shared = self.client_data or ({} if clients is None else dict(zip(clients, datas)))
+            size = min(self.workers or usable_cores(), max(len(shared), len(datas)))
+            assert self.model_factory is not None  # choose() checked it
+            try:
+                self._pool = TrainingPool(
+                    size=size, model_factory=self.model_factory, spec=spec, client_data=shared, timeout=self.timeout
+                )
+            except (ConfigError, WorkerError) as exc:
+                if self.kind == "processes":
+                    raise
+                self._pool_refused = str(exc)
+                warnings.warn(
+                    f"runtime.executor=auto: training clients sequentially because {exc}", RuntimeWarning, stacklevel=3
+                )
+                return None
+        return self._pool
 
 
 def train_batched(
@@ -298,7 +553,7 @@ def _train_chunk(
     momentum_buffers: Sequence[dict[str, torch.Tensor] | None],
 ) -> list[dict[str, torch.Tensor]]:
     clients = len(datas)
-    trained, frozen_names = _trainable(model)
+    trained, frozen_names = trainable_names(model)
     frozen = {n: global_state[n].to(device) for n in frozen_names}
     params = {
         n: global_state[n].to(device).unsqueeze(0).expand(clients, *global_state[n].shape).clone() for n in trained

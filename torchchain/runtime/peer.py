@@ -102,8 +102,8 @@ from torchchain.protocol.vote import (
     vote_set_bound,
 )
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from torchchain.runtime.client import Client, evaluate, train_local
-from torchchain.runtime.executor import LocalExecutor, train_batched
+from torchchain.runtime.client import Client, evaluate
+from torchchain.runtime.executor import LocalExecutor
 from torchchain.runtime.node import Node, PreparedBlock
 from torchchain.runtime.peer_behaviour import PeerFault, Proposal, honest_proposal
 from torchchain.runtime.poisoning import poison_updates, tamper_hook
@@ -298,7 +298,10 @@ class Peer:
         )
         blob = ledger.get_blob(ledger.head.header.model_hash)
         self.global_state = update_from_bytes(blob, max_bytes=len(blob))
-        self.executor = LocalExecutor(settings.executor, batch_clients=settings.batch_clients)
+        self.executor = LocalExecutor(
+            settings.executor, batch_clients=settings.batch_clients, workers=settings.workers,
+            model_factory=settings.model_factory, client_data={c.index: c.data for c in self.clients},
+        )
         self.events: list[PeerEvent] = []
         self.stats: list[RoundStats] = []
         self._seconds: dict[str, float] = {}
@@ -584,23 +587,11 @@ class Peer:
         if not clients:
             return []
         settings = self.settings
-        generators = [derive_generator(settings.seed, "train", round, c.index) for c in clients]
-        datas = [c.data for c in clients]
-        if self.executor.use_batched(self.model, datas, task=settings.training.task, device=settings.device):
-            updates = train_batched(
-                self.model, self.global_state, datas, settings.training, device=settings.device,
-                generators=generators, momentum_buffers=[c.momentum_buffers for c in clients],
-                batch_clients=self.executor.batch_clients,
-            )
-        else:
-            updates = []
-            for client, generator in zip(clients, generators):
-                self.model.load_state_dict(self.global_state)
-                train_local(
-                    self.model, client.data, settings.training, device=settings.device, generator=generator,
-                    momentum_buffers=client.momentum_buffers,
-                )
-                updates.append(compute_delta(self.model.state_dict(), self.global_state))
+        updates = self.executor.train(
+            self.model, self.global_state, [c.data for c in clients], settings.training, device=settings.device,
+            generators=[derive_generator(settings.seed, "train", round, c.index) for c in clients],
+            momentum_buffers=[c.momentum_buffers for c in clients], clients=[c.index for c in clients],
+        )
         deltas = {client.index: update for client, update in zip(clients, updates)}
         attack = self.attack
         if attack is not None:
@@ -1131,6 +1122,7 @@ def run_peer(
         )
     error: TorchchainError | None = None
     metrics: dict[str, float] = {}
+    peer: Peer | None = None
     try:
         peer = Peer(
             rank=rank, transport=transport, ledger=ledger, rules=rules, key=keys[rank], peer_keys=peer_keys,
@@ -1155,7 +1147,11 @@ def run_peer(
             stats=list(peer.stats), byzantine_clients=tuple(sorted(c.index for c in clients if c.byzantine)),
         )
     finally:
-        ledger.close()
+        try:
+            if peer is not None:
+                peer.executor.close()  # no training worker outlives its peer
+        finally:
+            ledger.close()
 
 
 def run_in_process(

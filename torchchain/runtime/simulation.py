@@ -45,7 +45,7 @@ from torchchain.protocol.secure_round import SECAGG_CODEC
 from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
-from torchchain.runtime.executor import LocalExecutor, train_batched
+from torchchain.runtime.executor import LocalExecutor
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.node import Node, PreparedBlock
 from torchchain.runtime.poisoning import poison_updates, tamper_hook
@@ -75,9 +75,13 @@ class SimulationSettings:
         difficulty: Proof-of-work difficulty in leading zero bits.
         eval_every: Evaluate the global model every this many rounds (and always at the last).
         progress: Show a progress bar.
-        executor: How a round's clients train: ``"auto"``, ``"sequential"`` or ``"batched"``
-            (:mod:`torchchain.runtime.executor`); a local setting, not part of the protocol.
+        executor: How a round's clients train: ``"auto"``, ``"sequential"``, ``"batched"`` or
+            ``"processes"`` (:mod:`torchchain.runtime.executor`); a local setting, not part of
+            the protocol.
         batch_clients: Most clients the batched executor trains in one vmapped chunk.
+        workers: Worker processes of the processes executor (``None``: one per usable core).
+        model_factory: Builds the model's architecture in a worker process of the processes
+            executor (picklable; ``None``: that executor is unavailable).
         mine_workers: Processes that split the proof-of-work nonce search (the block found is
             the same for any count).
         privacy: The clients' privacy mechanism and their private noise seed
@@ -98,6 +102,8 @@ class SimulationSettings:
     progress: bool = True
     executor: str = "auto"
     batch_clients: int = 64  # torchchain.runtime.executor.DEFAULT_BATCH_CLIENTS
+    workers: int | None = None
+    model_factory: Callable[[], nn.Module] | None = None
     mine_workers: int = 1
     privacy: LocalPrivacy = field(default_factory=LocalPrivacy)
 
@@ -210,7 +216,10 @@ class Simulation:
             mine_workers=settings.mine_workers,
         )
         # How clients train is local: it changes speed and the last bits of updates, not the protocol.
-        self.executor = LocalExecutor(settings.executor, batch_clients=settings.batch_clients)
+        self.executor = LocalExecutor(
+            settings.executor, batch_clients=settings.batch_clients, workers=settings.workers,
+            model_factory=settings.model_factory, client_data={c.index: c.data for c in self.clients},
+        )
         self._labels = {c.public_key: c.label for c in self.clients}
 
     def _check_privacy_plan(self) -> None:
@@ -253,8 +262,11 @@ class Simulation:
         return self.rules.privacy.epsilon(split_state(self.node.round_state)[1])
 
     def close(self) -> None:
-        """Release the ledger's writer lock."""
-        self.ledger.close()
+        """Stop the training workers, if any run, and release the ledger's writer lock."""
+        try:
+            self.executor.close()
+        finally:
+            self.ledger.close()
 
     def _root_set(self, data: TaskData, strategy: Any) -> tuple[DataSplit | None, torch.Tensor]:
         """FLTrust-like strategies: the node's small clean root set, cut before partitioning.
@@ -322,21 +334,17 @@ class Simulation:
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Each of ``clients`` trains from the global model; returns each one's honest delta."""
         start = time.perf_counter()
-        executor = self.executor
-        generators = [derive_generator(self.settings.seed, "train", round, c.index) for c in clients]
-        training = self.settings.training
         privacy = self.settings.privacy
         if privacy.kind == "dpsgd":
             deltas = {c.index: self._train_delta_dpsgd(c, round) for c in clients}
-        elif executor.use_batched(self.model, [c.data for c in clients], task=training.task, device=self.settings.device):
-            updates = train_batched(
-                self.model, self.global_state, [c.data for c in clients], training,
-                device=self.settings.device, generators=generators,
-                momentum_buffers=[c.momentum_buffers for c in clients], batch_clients=executor.batch_clients,
+        else:
+            updates = self.executor.train(
+                self.model, self.global_state, [c.data for c in clients], self.settings.training,
+                device=self.settings.device,
+                generators=[derive_generator(self.settings.seed, "train", round, c.index) for c in clients],
+                momentum_buffers=[c.momentum_buffers for c in clients], clients=[c.index for c in clients],
             )
             deltas = {c.index: delta for c, delta in zip(clients, updates)}
-        else:
-            deltas = {c.index: self._train_delta(c.data, g, c.momentum_buffers) for c, g in zip(clients, generators)}
         seconds["train"] = time.perf_counter() - start
         if privacy.client_dp is not None:
             start = time.perf_counter()
