@@ -9,14 +9,14 @@ from torch import nn
 import torchchain.models as models
 from torchchain.data.datasets import load_digits
 from torchchain.errors import ConfigError
-from torchchain.models import CNN, MLP, MODELS, LinearRegression
+from torchchain.models import CNN, MLP, MODELS, LeNet5, LinearRegression
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 ALL_SHAPES = [(10,), *IMAGE_SHAPES]
 
 
 def test_registry_and_exports() -> None:
-    assert MODELS == {"cnn": CNN, "linear": LinearRegression, "mlp": MLP}
+    assert MODELS == {"cnn": CNN, "lenet": LeNet5, "linear": LinearRegression, "mlp": MLP}
     assert models.__all__ == sorted(models.__all__)
 
 
@@ -76,7 +76,10 @@ def test_mlp_hidden_widths_and_activation() -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape", "options"),
-    [("linear", (10,), {}), ("mlp", (1, 8, 8), {"hidden": (16, 8)}), ("cnn", (3, 32, 32), {"channels": (4,)})],
+    [
+        ("linear", (10,), {}), ("mlp", (1, 8, 8), {"hidden": (16, 8)}), ("cnn", (3, 32, 32), {"channels": (4,)}),
+        ("lenet", (1, 28, 28), {}),
+    ],
 )
 def test_state_is_float_parameters_only(name: str, shape: tuple[int, ...], options: dict) -> None:
     model = MODELS[name](input_shape=shape, num_outputs=3, **options)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from torchchain.models.cnn import CNN
+from torchchain.models.lenet import LeNet5
 from torchchain.models.linear import LinearRegression
 from torchchain.models.mlp import MLP
 
-__all__ = ["CNN", "LinearRegression", "MLP", "MODELS"]
+__all__ = ["CNN", "LeNet5", "LinearRegression", "MLP", "MODELS"]
 
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "linear": LinearRegression, "mlp": MLP}
+MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "lenet": LeNet5, "linear": LinearRegression, "mlp": MLP}
 """Model classes by the name a user types (``model=mlp``)."""
