@@ -14,6 +14,20 @@ CONF = ROOT / "conf"
 FAST = ["chain.difficulty=8", "runtime.progress=false"]
 
 
+def config_classes(group: str) -> dict[str, type]:
+    """Each option of a config group (``conf/<group>/<name>.yaml``) and the class its
+    ``_target_`` names: the project's registry of attacks, models and strategies is its configs."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    classes = {}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        module, _, name = OmegaConf.load(path)["_target_"].rpartition(".")
+        classes[path.stem] = getattr(importlib.import_module(module), name)
+    return classes
+
+
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The config ``python train.py <overrides>`` would run, composed without starting a job."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

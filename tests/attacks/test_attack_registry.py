@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import torchchain.attacks as attacks
-from torchchain.attacks import ALIE, ATTACKS, Attack, Mimic, SignFlip
+from torchchain.attacks import ALIE, Attack, Mimic, SignFlip
 from torchchain.errors import ConfigError
+
+from composing import config_classes
+
+#: conf/attack/<name>.yaml -> the class it names
+ATTACKS = config_classes("attack")
 
 CONFIG_NAMES = [
     "alie", "backdoor", "gaussian", "ipm", "labelflip", "malformed", "mimic", "minmax", "minsum", "none",
@@ -17,7 +22,7 @@ CONFIG_NAMES = [
 ]
 
 
-def test_registry_maps_every_config_name_to_its_class() -> None:
+def test_every_attack_config_names_an_attack_class_of_that_name() -> None:
     assert sorted(ATTACKS) == CONFIG_NAMES
     for name, cls in ATTACKS.items():
         assert issubclass(cls, Attack) and cls.name == name

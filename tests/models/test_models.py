@@ -9,14 +9,18 @@ from torch import nn
 import torchchain.models as models
 from torchchain.data.datasets import load_digits
 from torchchain.errors import ConfigError
-from torchchain.models import CNN, MLP, MODELS, LeNet5, LinearRegression
+from torchchain.models import CNN, MLP, LeNet5, LinearRegression
+
+from composing import config_classes
+
+MODELS = config_classes("model")
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 ALL_SHAPES = [(10,), *IMAGE_SHAPES]
 
 
 def test_registry_and_exports() -> None:
-    assert MODELS == {"cnn": CNN, "lenet": LeNet5, "linear": LinearRegression, "mlp": MLP}
+    assert MODELS == {"cnn": CNN, "lenet": LeNet5, "linear": LinearRegression, "mlp": MLP}  # conf/model/*.yaml
     assert models.__all__ == sorted(models.__all__)
 
 

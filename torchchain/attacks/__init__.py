@@ -1,7 +1,7 @@
 """Byzantine behaviours of the malicious clients: data poisoning and model poisoning.
 
-Select one by name with :data:`ATTACKS` (the names a configuration uses), or subclass
-:class:`Attack` for a new one.
+A configuration selects one by its file in ``conf/attack/`` (``attack=alie``), whose
+``_target_`` names the class; subclass :class:`Attack` for a new one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from torchchain.attacks.sybil import Sybil
 
 __all__ = [
     "ALIE",
-    "ATTACKS",
     "Attack",
     "Backdoor",
     "Gaussian",
@@ -44,12 +43,3 @@ __all__ = [
     "SignFlip",
     "Sybil",
 ]
-
-ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls
-    for cls in (
-        NoAttack, SignFlip, Gaussian, LabelFlip, ALIE, IPM, MinMax, MinSum, Mimic, Backdoor, Replay, Sybil,
-        MalformedEncoding, ROP, OptimalALIE, OptimalIPM,
-    )
-}
-"""Every built-in attack by the name a configuration selects it with (``attack=alie``)."""

@@ -6,14 +6,9 @@ client's update is fully described by its parameter deltas.
 
 from __future__ import annotations
 
-from torch import nn
-
 from torchchain.models.cnn import CNN
 from torchchain.models.lenet import LeNet5
 from torchchain.models.linear import LinearRegression
 from torchchain.models.mlp import MLP
 
-__all__ = ["CNN", "LeNet5", "LinearRegression", "MLP", "MODELS"]
-
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "lenet": LeNet5, "linear": LinearRegression, "mlp": MLP}
-"""Model classes by the name a user types (``model=mlp``)."""
+__all__ = ["CNN", "LeNet5", "LinearRegression", "MLP"]
