@@ -110,6 +110,19 @@ def test_minmax_by_hand() -> None:
     assert not min_max_satisfied(SQUARE, mean + 2 * (out - mean))
 
 
+@pytest.mark.parametrize("cls", [MinMax, MinSum])
+def test_min_max_and_min_sum_search_once_per_round_and_answer_every_client_alike(cls, monkeypatch) -> None:
+    attack, searches = cls(), []
+    original = attack.search_gamma
+    monkeypatch.setattr(attack, "search_gamma", lambda *a: searches.append(1) or original(*a))
+    first = attack.poison_update(OWN2, honest=SQUARE, generator=seeded(1))
+    second = attack.poison_update(-OWN2, honest=SQUARE.clone(), generator=seeded(2))
+    assert torch.equal(first, second) and first is not second and len(searches) == 1
+    moved = SQUARE + 1.0  # the next round's honest updates: a new search
+    torch.testing.assert_close(attack.poison_update(OWN2, honest=moved, generator=seeded()), first + 1.0, atol=SEARCH_ATOL, rtol=0)
+    assert len(searches) == 2
+
+
 def test_minsum_by_hand() -> None:
     out = MinSum().poison_update(OWN2, honest=SQUARE, generator=seeded())
     # mu + sqrt(2) * (-(1, 1) / sqrt(2)) = (0, 0)

@@ -50,13 +50,22 @@ class MinMax(Attack):
         self.perturbation = perturbation
         self.gamma_init = check_positive(self.name, "gamma_init", gamma_init)
         self.tau = check_positive(self.name, "tau", tau)
+        # The last honest updates and the vector sent against them: every malicious client of a
+        # round sends the same vector, and the search (all pairwise distances, then one pass per
+        # try) is the round's largest cost, so it runs once per round.
+        self._round: tuple[Tensor, Tensor] | None = None
 
     def poison_update(self, update: Tensor, *, honest: Tensor | None, generator: torch.Generator) -> Tensor:
-        """Return ``mu + gamma * p`` for the ``gamma`` the search finds (float64)."""
+        """Return ``mu + gamma * p`` for the ``gamma`` the search finds (float64); later calls
+        with the same honest updates return the same vector without searching again."""
         honest = check_honest(self, check_update(update), honest)
+        if self._round is not None and torch.equal(self._round[0], honest):
+            return self._round[1].clone()
         direction = perturbation_direction(honest, self.perturbation)
         gamma = self.search_gamma(honest, direction)
-        return honest.mean(dim=0) + gamma * direction
+        poisoned = honest.mean(dim=0) + gamma * direction
+        self._round = (honest.clone(), poisoned)
+        return poisoned.clone()
 
     def search_gamma(self, honest: Tensor, direction: Tensor) -> float:
         """The largest ``gamma`` meeting this attack's constraint (Min-Max's: the maximum distance)."""
