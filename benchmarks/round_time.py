@@ -298,10 +298,10 @@ def _torchchain_worker(folder: Path, spec: dict[str, Any], executor: str, rounds
 def _plain_worker(folder: Path, spec: dict[str, Any], rounds: int) -> dict[str, Any]:
     import torch
 
-    clients = [torch.load(folder / f"client_{i}.pt") for i in range(spec["clients"])]
-    test = torch.load(folder / "test.pt")
+    clients = [torch.load(folder / f"client_{i}.pt", weights_only=True) for i in range(spec["clients"])]
+    test = torch.load(folder / "test.pt", weights_only=True)
     model = _build_model(spec["model"])
-    global_state = torch.load(folder / "init.pt")
+    global_state = torch.load(folder / "init.pt", weights_only=True)
     records = []
     for rnd in range(1, rounds + 1):
         start = time.time()
@@ -333,7 +333,7 @@ def _flower_worker(folder: Path, spec: dict[str, Any], rounds: int) -> dict[str,
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         cid = int(context.node_config["partition-id"])
-        data = torch.load(folder / f"client_{cid}.pt")
+        data = torch.load(folder / f"client_{cid}.pt", weights_only=True)
         model = _build_model(spec["model"])
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         seed = _client_seed(spec["seed"], int(msg.content["config"]["server-round"]), cid)
@@ -343,7 +343,7 @@ def _flower_worker(folder: Path, spec: dict[str, Any], rounds: int) -> dict[str,
         )
         return Message(content=reply, reply_to=msg)
 
-    test = torch.load(folder / "test.pt")
+    test = torch.load(folder / "test.pt", weights_only=True)
     evaluator = _build_model(spec["model"])
     ends: dict[int, float] = {}
     accuracies: dict[int, float] = {}
@@ -363,7 +363,7 @@ def _flower_worker(folder: Path, spec: dict[str, Any], rounds: int) -> dict[str,
             min_available_nodes=spec["clients"],
         )
         strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(torch.load(folder / "init.pt")), num_rounds=rounds,
+            grid=grid, initial_arrays=ArrayRecord(torch.load(folder / "init.pt", weights_only=True)), num_rounds=rounds,
             evaluate_fn=evaluate,
         )
 
