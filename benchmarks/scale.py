@@ -5,11 +5,13 @@ Usage::
     python benchmarks/scale.py                              # registered 100, 1000 x per round 10, 50
     python benchmarks/scale.py --registered 1000 --per-round 50 --reps 3
     python benchmarks/scale.py --threads 1                  # one torch thread per run
+    python benchmarks/scale.py --extra "model=cnn momentum=0.9" --rounds 20   # client state kept
 
 The data are the W-mnistlike workload of ``benchmarks/round_time.py`` (20,000 synthetic 1x28x28
 training images and 2,000 test images, written as MNIST IDX files and read by torchchain's own
-loader), LeNet-5, IID partition, FedAvg, SGD lr 0.05, batch 32, 5 rounds, evaluation every round.
-Every run is ``python train.py`` with ``clients=<registered> clients_per_round=<per round>``.
+loader), LeNet-5, IID partition, FedAvg, SGD lr 0.05, batch 32, 5 rounds (``--rounds``),
+evaluation every round. Every run is ``python train.py`` with ``clients=<registered>
+clients_per_round=<per round>`` and the ``--extra`` overrides.
 
 Two kinds of local work:
 
@@ -23,7 +25,8 @@ Two kinds of local work:
 
 Each run is a subprocess; the table gives the median round time over the runs' median rounds,
 the wall time of the whole run (start-up included), and the peak resident memory of the process and its
-children (``ru_maxrss``). Rows of one repetition run one after another, starting one row later
+children (``ru_maxrss``), and the size of the run's checkpoints folder at the end (the clients'
+momentum buffers and codec residuals, :mod:`torchchain.runtime.client_state`). Rows of one repetition run one after another, starting one row later
 each repetition, so load from other work spreads over them.
 """
 
@@ -49,7 +52,7 @@ WORK = {
 }
 COMMON = [
     "dataset=mnist", "dataset.download=false", "model=lenet", "partition.kind=iid", "strategy=fedavg", "lr=0.05",
-    "rounds=5", "runtime.eval_every=1", "runtime.progress=false", "runtime.executor=sequential",
+    "runtime.eval_every=1", "runtime.progress=false", "runtime.executor=sequential",
 ]
 
 
@@ -62,11 +65,13 @@ def worker(overrides: list[str], run_dir: str) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     summary = run(cfg, run_dir)
+    state_bytes = sum(p.stat().st_size for p in (Path(run_dir) / "checkpoints").rglob("*") if p.is_file())
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({
         "median_round_seconds": summary["median_round_seconds"],
         "accuracy": summary.get("final_accuracy"),
         "peak_mib": peak_kib / 1024,
+        "state_mib": state_bytes / 2**20,
     }))
 
 
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--work", nargs="+", default=["steps", "epoch"], choices=sorted(WORK))
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (OMP_NUM_THREADS); 0: torch's default")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--extra", default="", help="space-separated overrides added to every run, e.g. 'momentum=0.9'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.worker:
@@ -108,17 +115,23 @@ def main() -> None:
         for rep in range(args.reps):
             for row in rows[rep % len(rows):] + rows[: rep % len(rows)]:
                 work, registered, per_round = row
-                overrides = [*COMMON, f"dataset.root={data}", *WORK[work], f"clients={registered}", f"clients_per_round={per_round}"]
+                overrides = [
+                    *COMMON, f"rounds={args.rounds}", f"dataset.root={data}", *WORK[work],
+                    f"clients={registered}", f"clients_per_round={per_round}", *args.extra.split(),
+                ]
                 results[row].append(launch(overrides, args.threads))
                 print(f"  rep {rep}: {row} {results[row][-1]['median_round_seconds']:.3f} s/round", file=sys.stderr, flush=True)
-    print("| work | registered | per round | median s/round | wall s (5 rounds, with start-up) | peak MiB | accuracy |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| work | registered | per round | median s/round | wall s ({args.rounds} rounds, with start-up) "
+        "| peak MiB | checkpoints MiB | accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row, runs in results.items():
         work, registered, per_round = row
         print(
             f"| {work} | {registered:,} | {per_round} | {statistics.median(r['median_round_seconds'] for r in runs):.3f} "
             f"| {statistics.median(r['wall'] for r in runs):.1f} | {max(r['peak_mib'] for r in runs):,.0f} "
-            f"| {statistics.median(r['accuracy'] or 0 for r in runs):.3f} |"
+            f"| {max(r['state_mib'] for r in runs):,.0f} | {statistics.median(r['accuracy'] or 0 for r in runs):.3f} |"
         )
 
 

@@ -155,7 +155,7 @@ def test_rop_state_round_trips_through_a_checkpoint(tmp_path) -> None:
     assert attack.state_dict()["previous"][0] == 0.3
     expected = attack.poison_update(HONEST[0], honest=HONEST, generator=seeded())
 
-    save_checkpoint(tmp_path, "a" * 64, parent="b" * 64, attack_state=attack.state_dict(), momentum={})
+    save_checkpoint(tmp_path, "a" * 64, parent="b" * 64, attack_state=attack.state_dict())
     state = load_checkpoint(checkpoint_path(tmp_path, "a" * 64))["attack"]
     restored = ready(ROP())
     restored.load_state_dict(state)

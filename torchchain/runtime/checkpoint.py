@@ -1,8 +1,10 @@
 """Run checkpoints: the private state a resumed run needs that the ledger does not hold.
 
 The ledger holds every global model and the round state (the strategy's state), so the only
-state to save is what is private to this process: the attack's state, each client's SGD
-momentum and each client's codec error-feedback residual. Everything else (partitions, keys, random streams) is derived from the seed.
+state to save is what is private to this process: the attack's state, and each client's SGD
+momentum and codec error-feedback residual. The clients' state lives in one file per client
+(:mod:`torchchain.runtime.client_state`); the checkpoint records which file holds each one (the
+manifest). Everything else (partitions, keys, random streams) is derived from the seed.
 
 A checkpoint is keyed by the hash of the block it belongs with. It is written *before* that
 block is appended, and its parent's is kept, so whatever instant a crash hits, the checkpoint
@@ -25,6 +27,7 @@ from safetensors.torch import save as st_save
 
 from torchchain.chain.ledger import TMP_PREFIX, write_atomic
 from torchchain.errors import ConfigError
+from torchchain.runtime.client_state import ClientStates
 
 __all__ = ["checkpoint_path", "load_checkpoint", "save_checkpoint"]
 
@@ -53,8 +56,7 @@ def save_checkpoint(
     *,
     parent: str,
     attack_state: Mapping[str, Any],
-    momentum: Mapping[int, Mapping[str, torch.Tensor]],
-    residuals: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    clients: ClientStates | None = None,
 ) -> Path:
     """Write the checkpoint of block ``block_hash`` atomically; delete all but it and its parent's.
 
@@ -63,17 +65,18 @@ def save_checkpoint(
         block_hash: The block about to be appended.
         parent: The hash of its parent, whose checkpoint is kept until the block is on disk.
         attack_state: ``attack.state_dict()``: tensors, and JSON-serializable values.
-        momentum: Each client's momentum buffers by client index and parameter name.
-        residuals: Each client's codec error-feedback residual, likewise (empty without one).
+        clients: The clients' states: those trained since the last checkpoint are written to
+            their files first (:meth:`ClientStates.commit`), and the files neither this
+            checkpoint nor its parent's names are deleted after it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    meta = {"block": block_hash, "attack": _split(attack_state, "attack/", tensors)}
-    for index, buffers in momentum.items():
-        _split(buffers, f"momentum/{index}/", tensors)
-    for index, residual in (residuals or {}).items():
-        _split(residual, f"residual/{index}/", tensors)
+    parent_files = {} if clients is None else clients.manifest()
+    if clients is not None:
+        clients.commit(block_hash)
+    files = {} if clients is None else clients.manifest()
+    meta = {"block": block_hash, "attack": _split(attack_state, "attack/", tensors), "clients": files}
     path = checkpoint_path(folder, block_hash)
     write_atomic(path, st_save(tensors, metadata={"torchchain": json.dumps(meta, sort_keys=True)}))
     for old in folder.iterdir():
@@ -81,6 +84,8 @@ def save_checkpoint(
         # Older checkpoints are never needed again; temporary files are what a crash left behind.
         if (match and match.group(1) not in (block_hash, parent)) or old.name.startswith(TMP_PREFIX):
             old.unlink(missing_ok=True)
+    if clients is not None:
+        clients.prune([parent_files, files])
     return path
 
 
@@ -88,8 +93,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        ``{"block": str, "attack": dict, "momentum": {index: {name: tensor}},
-        "residuals": {index: {name: tensor}}}``.
+        ``{"block": str, "attack": dict, "clients": {index: file name}}``; the manifest goes to
+        :meth:`ClientStates.load_manifest`.
 
     Raises:
         ConfigError: if the file is missing or malformed; the message names it.
@@ -100,14 +105,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["torchchain"])
-        state: dict[str, Any] = {"block": str(meta["block"]), "attack": dict(meta["attack"]), "momentum": {}, "residuals": {}}
+        state: dict[str, Any] = {"block": str(meta["block"]), "attack": dict(meta["attack"]), "clients": dict(meta["clients"])}
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot resume: checkpoint {path} is missing or malformed ({exc})") from None
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
-        if kind == "attack":
-            state[kind][rest] = tensor
-        elif kind in ("momentum", "residual"):
-            index, _, param = rest.partition("/")
-            state["momentum" if kind == "momentum" else "residuals"].setdefault(int(index), {})[param] = tensor
+        if kind != "attack":
+            raise ConfigError(f"cannot resume: checkpoint {path} holds an unexpected tensor {name!r}")
+        state[kind][rest] = tensor
     return state

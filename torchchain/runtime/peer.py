@@ -102,6 +102,7 @@ from torchchain.protocol.vote import (
     vote_set_bound,
 )
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from torchchain.runtime.client_state import ClientStates
 from torchchain.runtime.client import Client, evaluate
 from torchchain.runtime.executor import LocalExecutor
 from torchchain.runtime.node import Node, PreparedBlock
@@ -285,6 +286,9 @@ class Peer:
         self.fault = fault
         self.attack = attack
         self.checkpoints = None if checkpoints is None else Path(checkpoints)
+        # Each client's momentum and codec residual: on disk between its rounds when there are
+        # checkpoints, in memory otherwise.
+        self.client_states = ClientStates(None if self.checkpoints is None else self.checkpoints / "clients")
         self.votes = VoteRules.from_config(ledger.config)
         if self.votes.votes and validation is None:
             raise ValueError("a chain with validation=vote needs this peer's validation data")
@@ -463,9 +467,7 @@ class Peer:
         state = load_checkpoint(checkpoint_path(self.checkpoints, self.ledger.head_hash))
         if self.attack is not None:
             self.attack.load_state_dict(state["attack"])
-        for client in self.clients:
-            client.momentum_buffers = dict(state["momentum"].get(client.index, {}))
-            client.codec_residual = dict(state["residuals"].get(client.index, {}))
+        self.client_states.load_manifest(state["clients"], clients={c.index for c in self.clients})
 
     def catch_up(self) -> int:
         """Bring every peer to the same head after a restart; the number of blocks this peer fetched.
@@ -575,8 +577,7 @@ class Peer:
         save_checkpoint(
             self.checkpoints, block.hash, parent=block.header.prev_hash,
             attack_state={} if self.attack is None else self.attack.state_dict(),
-            momentum={c.index: c.momentum_buffers or {} for c in self.clients},
-            residuals={c.index: c.codec_residual for c in self.clients},
+            clients=self.client_states,
         )
 
     # -- one round, continued ----------------------------------------------------------------
@@ -587,6 +588,7 @@ class Peer:
         if not clients:
             return []
         settings = self.settings
+        self.client_states.checkout(clients)
         updates = self.executor.train(
             self.model, self.global_state, [c.data for c in clients], settings.training, device=settings.device,
             generators=[derive_generator(settings.seed, "train", round, c.index) for c in clients],

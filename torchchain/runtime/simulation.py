@@ -45,6 +45,7 @@ from torchchain.protocol.secure_round import SECAGG_CODEC
 from torchchain.protocol.submission import Submission
 from torchchain.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from torchchain.runtime.client import Client, LocalTraining, evaluate, train_local
+from torchchain.runtime.client_state import ClientStates
 from torchchain.runtime.executor import LocalExecutor
 from torchchain.runtime.local_privacy import LocalPrivacy
 from torchchain.runtime.node import Node, PreparedBlock
@@ -160,6 +161,8 @@ class Simulation:
 
         self.global_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         self.checkpoints = self.run_dir / "checkpoints"
+        # Each client's momentum and codec residual, on disk between the rounds it trains in.
+        self.client_states = ClientStates(self.checkpoints / "clients")
         node_key = SigningKey.from_seed_material(f"torchchain/node/0/seed={settings.seed}")
         ledger_dir = self.run_dir / "ledger"
         resuming = resume and any((ledger_dir / "blocks").glob("*.json"))
@@ -303,9 +306,7 @@ class Simulation:
         # holds only what is private to this process: the attack's and the clients' state.
         state = load_checkpoint(checkpoint_path(self.checkpoints, head.hash))
         self.attack.load_state_dict(state["attack"])
-        for client in self.clients:
-            client.momentum_buffers = dict(state["momentum"].get(client.index, {}))
-            client.codec_residual = dict(state["residuals"].get(client.index, {}))
+        self.client_states.load_manifest(state["clients"], clients={c.index for c in self.clients})
 
     @property
     def finished(self) -> bool:
@@ -334,6 +335,7 @@ class Simulation:
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Each of ``clients`` trains from the global model; returns each one's honest delta."""
         start = time.perf_counter()
+        self.client_states.checkout(clients)
         privacy = self.settings.privacy
         if privacy.kind == "dpsgd":
             deltas = {c.index: self._train_delta_dpsgd(c, round) for c in clients}
@@ -489,8 +491,7 @@ class Simulation:
             outcome.block.hash,
             parent=outcome.block.header.prev_hash,
             attack_state=self.attack.state_dict(),
-            momentum={c.index: c.momentum_buffers or {} for c in self.clients},
-            residuals={c.index: c.codec_residual for c in self.clients},
+            clients=self.client_states,
         )
         seconds["checkpoint"] = time.perf_counter() - start
         self.node.commit(outcome)
