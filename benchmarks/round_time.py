@@ -30,8 +30,8 @@ Systems, each run as a subprocess of this script (``--worker``):
     ``torchchain.experiment.run`` on the config composed from ``conf/`` with the overrides
     above, ``strategy=fedavg``, ``chain.difficulty=16`` and every other key at its default, one
     row per ``runtime.executor`` in ``torchchain.runtime.executor.EXECUTORS`` (``auto``
-    excepted). The worker wraps ``Simulation.run_round`` and ``Simulation._log_round`` to
-    record when each round starts and ends and its per-phase seconds (``mine`` among them).
+    excepted). The worker reads each round's end time, duration and per-phase seconds
+    (``mine`` among them) from the run's ``rounds.jsonl``.
 ``plain``
     One process, one model: the clients train one after another, their states are averaged by
     sample count, the average is evaluated. No signatures, no ledger.
@@ -269,24 +269,22 @@ def _client_seed(seed: int, round: int, client: int) -> int:
 def _torchchain_worker(folder: Path, spec: dict[str, Any], executor: str, rounds: int) -> dict[str, Any]:
     from torchchain.chain.ledger import Ledger
     from torchchain.experiment import run
-    from torchchain.runtime.simulation import Simulation
 
-    records: list[dict[str, Any]] = []
-    run_round, log_round = Simulation.run_round, Simulation._log_round
-
-    def timed_run_round(self, rnd, *args, **kwargs):
-        records.append({"round": rnd, "start": time.time()})
-        return run_round(self, rnd, *args, **kwargs)
-
-    def timed_log_round(self, rnd, outcome, metrics, seconds, *args, **kwargs):
-        log_round(self, rnd, outcome, metrics, seconds, *args, **kwargs)
-        records[-1].update(end=time.time(), phases=dict(seconds), accuracy=metrics.get("accuracy"))
-
-    Simulation.run_round, Simulation._log_round = timed_run_round, timed_log_round
     cfg = _compose([*spec["overrides"], f"rounds={rounds}", f"runtime.executor={executor}"])
     with tempfile.TemporaryDirectory(dir=folder) as run_dir:
         summary = run(cfg, run_dir)
         genesis_hash = Ledger.open(Path(run_dir) / "ledger").genesis.header.model_hash
+        lines = [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]
+    records = [
+        {
+            "round": line["round"],
+            "start": line["unix_time"] - line["time/round_seconds"],
+            "end": line["unix_time"],
+            "phases": {k[len("time/"):]: v for k, v in line.items() if k.startswith("time/") and k != "time/round_seconds"},
+            "accuracy": line.get("eval/accuracy"),
+        }
+        for line in lines
+    ]
     return {
         "rounds": records,
         "final_accuracy": summary.get("final_accuracy"),

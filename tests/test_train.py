@@ -61,6 +61,21 @@ def test_tensorboard_holds_the_documented_tags(honest_run):
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
+def test_rounds_jsonl_holds_each_round_as_tensorboard_does(honest_run):
+    run_dir, summary = honest_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == list(range(1, 9))
+    assert [line["eval/accuracy"] for line in lines] == pytest.approx([e.value for e in events.Scalars("eval/accuracy")])
+    assert lines[-1]["eval/accuracy"] == pytest.approx(summary["final_accuracy"])
+    times = [line["unix_time"] for line in lines]
+    assert times == sorted(times)
+    # Consecutive rounds end at least a round's time apart.
+    assert all(b - a >= line["time/round_seconds"] * 0.99 for a, b, line in zip(times, times[1:], lines[1:]))
+    assert {"time/train", "time/mine", "time/write", "chain/height"} <= set(lines[0])
+
+
 def test_same_seed_gives_the_same_models(tmp_path, honest_run):
     _, first = honest_run
     again = run(compose_config(["rounds=8", *FAST]), tmp_path)
@@ -93,6 +108,8 @@ def test_eval_is_logged_only_in_evaluated_rounds_and_hparams_name_the_parts(tmp_
     events.Reload()
     assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
     assert len(events.Scalars("chain/height")) == 4
+    lines = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines if "eval/accuracy" in line] == [2, 4]
 
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -111,3 +128,14 @@ def test_eval_is_logged_only_in_evaluated_rounds_and_hparams_name_the_parts(tmp_
     assert found["strategy"] == "krum"
     assert "nnm" in found["strategy.pre"]
     assert found["rounds"] == 4
+
+
+def test_rounds_jsonl_stays_valid_json_with_non_finite_values(tmp_path):
+    from torchchain.telemetry import RunWriter
+
+    writer = RunWriter(tmp_path / "tensorboard", rounds_file=tmp_path / "rounds.jsonl")
+    writer.scalars(1, {"clients/update_norm": float("inf"), "eval/loss": float("nan"), "chain/height": 1})
+    writer.close()
+    line = json.loads((tmp_path / "rounds.jsonl").read_text())
+    assert line.pop("unix_time") > 0
+    assert line == {"round": 1, "clients/update_norm": None, "eval/loss": None, "chain/height": 1.0}

@@ -646,7 +646,7 @@ def _run_peers(
 
 
 def _peer_writer(run_dir: Path, config_text: str) -> RunWriter:
-    writer = RunWriter(run_dir / "tensorboard")
+    writer = RunWriter(run_dir / "tensorboard", rounds_file=run_dir / "rounds.jsonl")
     writer.config(config_text)
     return writer
 
@@ -798,7 +798,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, overrides: Sequence[str] = ()) 
             trusted=trusted, resume=resuming, config_text=OmegaConf.to_yaml(cfg),
             hparams=_hparams(cfg, strategy, attack, byzantine, data.name),
         )
-    writer = RunWriter(run_dir / "tensorboard")
+    writer = RunWriter(run_dir / "tensorboard", rounds_file=run_dir / "rounds.jsonl")
     writer.config(OmegaConf.to_yaml(cfg))
     try:
         sim = Simulation(

@@ -83,6 +83,9 @@ def test_rank_0_alone_writes_tensorboard_events(tmp_path):
     assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(summary["final_accuracy"])
     written = list(tmp_path.rglob("events.out.tfevents.*"))
     assert written and all((tmp_path / "tensorboard") in p.parents for p in written)
+    lines = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2] and "time/consensus_seconds" in lines[0]
+    assert list(tmp_path.rglob("rounds.jsonl")) == [tmp_path / "rounds.jsonl"]
 
 
 def test_an_omniscient_attack_sees_only_its_own_peers_honest_clients(tmp_path):
