@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchchain.errors import ConfigError
+from torchchain.models.checks import check_image_model
 
 __all__ = ["CNN"]
 
@@ -48,13 +49,7 @@ class CNN(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        if len(input_shape) != 3 or any(size < 1 for size in input_shape):
-            raise ConfigError(
-                f"model=cnn needs image samples of shape (channels, height, width); got {tuple(input_shape)} "
-                f"(use model=mlp or model=linear for tabular data)"
-            )
-        if num_outputs < 1:
-            raise ConfigError(f"num_outputs must be >= 1; got {num_outputs}")
+        check_image_model("cnn", input_shape, num_outputs)
         if len(channels) == 0 or any(count < 1 for count in channels):
             raise ConfigError(f"model.channels must be a non-empty list of positive counts; got {list(channels)}")
         if hidden < 1:

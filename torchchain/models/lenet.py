@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchchain.errors import ConfigError
+from torchchain.models.checks import check_image_model
 
 __all__ = ["LeNet5"]
 
@@ -45,13 +45,7 @@ class LeNet5(nn.Module):
 
     def __init__(self, *, input_shape: Sequence[int], num_outputs: int) -> None:
         super().__init__()
-        if len(input_shape) != 3 or any(size < 1 for size in input_shape):
-            raise ConfigError(
-                f"model=lenet needs image samples of shape (channels, height, width); got {tuple(input_shape)} "
-                f"(use model=mlp or model=linear for tabular data)"
-            )
-        if num_outputs < 1:
-            raise ConfigError(f"num_outputs must be >= 1; got {num_outputs}")
+        check_image_model("lenet", input_shape, num_outputs)
         self.input_shape = tuple(input_shape)
 
         channels, height, width = input_shape
