@@ -72,10 +72,12 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    parent_files = {} if clients is None else clients.manifest()
+    parent_files: dict[str, str] = {}
+    files: dict[str, str] = {}
     if clients is not None:
+        parent_files = clients.manifest()
         clients.commit(block_hash)
-    files = {} if clients is None else clients.manifest()
+        files = clients.manifest()
     meta = {"block": block_hash, "attack": _split(attack_state, "attack/", tensors), "clients": files}
     path = checkpoint_path(folder, block_hash)
     write_atomic(path, st_save(tensors, metadata={"torchchain": json.dumps(meta, sort_keys=True)}))

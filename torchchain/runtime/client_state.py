@@ -58,11 +58,6 @@ class ClientStates:
         self._files: dict[int, str] = {}
         self._live: dict[int, Client] = {}
 
-    @property
-    def on_disk(self) -> bool:
-        """Whether states are kept on disk between rounds (otherwise in memory)."""
-        return self.folder is not None
-
     def manifest(self) -> dict[str, str]:
         """Which file holds each client's state after the newest committed block (JSON-ready)."""
         return {str(index): name for index, name in sorted(self._files.items())}
