@@ -3,8 +3,6 @@ and a payload that does not decode is rejected with its reason, never a crash.""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -15,7 +13,6 @@ from torchchain.protocol.audit import audit_ledger
 from torchchain.protocol.round import RoundRules
 from torchchain.protocol.submission import RoundContext, Submission, select_submissions
 from torchchain.chain.ledger import Ledger
-from torchchain.strategies import FedAvg
 from torchchain.updates.codecs import Quantize, RotateQuantize, codec_seed
 from torchchain.updates.serialize import update_to_bytes
 

@@ -48,7 +48,7 @@ def test_old_update_blobs_are_pruned_and_the_rest_kept(pruned_run):
 def test_a_pruned_ledger_verifies_and_says_what_was_pruned(pruned_run):
     report = verify_ledger(pruned_run)
     assert report.pruned == 4 * (ROUNDS - KEEP) and report.pruned_below == ROUNDS - KEEP
-    assert f"pruned by the retention rule" in report.summary()
+    assert "pruned by the retention rule" in report.summary()
 
 
 def test_audit_replays_the_retained_range_and_names_the_rest(pruned_run):

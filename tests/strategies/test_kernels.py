@@ -56,6 +56,19 @@ def test_ordered_weighted_sum_and_blocked_distances_equal_the_whole_matrix_formu
         assert torch.equal(pairwise[i, i + 1 :], K.row_sums((updates[i + 1 :] - updates[i]) ** 2))
 
 
+def test_means_of_chosen_rows_have_the_bits_of_the_copied_rows():
+    generator = torch.Generator().manual_seed(5)
+    updates = torch.randn(8, 5000, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-8, 8, (8, 1), generator=generator)
+    rows = torch.tensor([6, 1, 3, 0])  # an order of the caller's choosing, not index order
+    weights = torch.rand(4, generator=generator, dtype=torch.float64)
+    assert torch.equal(K.weighted_mean(updates, weights, rows=rows), K.weighted_mean(updates[rows], weights))
+    assert torch.equal(K.ordered_weighted_sum(updates, weights, rows=rows), K.ordered_weighted_sum(updates[rows], weights))
+    with pytest.raises(ValueError, match="weights"):
+        K.weighted_mean(updates, torch.ones(8, dtype=torch.float64), rows=rows)
+    with pytest.raises(ValueError, match="coefficients"):
+        K.ordered_weighted_sum(updates, weights, rows=rows[:0])
+
+
 def test_row_sums_of_long_rows_are_exact_on_integers():
     # 10_001 coordinates: two full blocks of 4096 and a shorter last block
     rows = torch.stack([torch.ones(10_001, dtype=torch.float64), torch.arange(10_001, dtype=torch.float64)])
@@ -168,6 +181,28 @@ def test_mean_around_median_keeps_the_values_closest_to_the_median():
     assert shares.tolist() == [0.0, 1 / 3, 1 / 3, 1 / 3, 0.0]
     # beta = 2 on column 1: the median and, of the tie 1 / 9 at distance 4, the smaller value.
     assert K.mean_around_median_with_shares(updates[:, 1:], 2)[0].tolist() == [3.0]
+
+
+@pytest.mark.parametrize("n", [1, 4, 9])
+@pytest.mark.parametrize("d", [3, 8192, 20_001])
+def test_coordinate_rules_in_column_blocks_have_the_bits_of_the_whole_matrix_sorts(n, d):
+    # The kernels sort transposed blocks of 8192 coordinates; sorting dim 0 of the whole matrix
+    # is the formula they replace, with the same values, row indices and sums.
+    generator = torch.Generator().manual_seed(n * d)
+    tied = torch.randint(-3, 4, (n, d), generator=generator).to(torch.float64)
+    spread = torch.randn(n, d, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-6, 6, (n, 1), generator=generator)
+    for updates in (tied, spread):
+        values, rows = torch.sort(updates, dim=0, stable=True)
+        trim = (n - 1) // 2
+        mean, shares = K.trimmed_mean_with_shares(updates, trim)
+        assert torch.equal(mean, K.sequential_sum(values[trim : n - trim], dim=0) / (n - 2 * trim))
+        assert torch.equal(shares, torch.bincount(rows[trim : n - trim].reshape(-1), minlength=n).double() / ((n - 2 * trim) * d))
+        beta = max(n - 2, 1)
+        median = (values[(n - 1) // 2] + values[n // 2]) / 2
+        positions = torch.sort(torch.sort((values - median).abs(), dim=0, stable=True).indices[:beta], dim=0).values
+        mean, shares = K.mean_around_median_with_shares(updates, beta)
+        assert torch.equal(mean, K.sequential_sum(values.gather(0, positions), dim=0) / beta)
+        assert torch.equal(shares, torch.bincount(rows.gather(0, positions).reshape(-1), minlength=n).double() / (beta * d))
 
 
 # -- distances and selections ---------------------------------------------------------------

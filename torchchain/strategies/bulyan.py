@@ -7,11 +7,8 @@ from torch import Tensor
 
 from torchchain.errors import ConfigError
 from torchchain.strategies.base import Aggregate, Strategy
-from torchchain.strategies.kernels import (
-    iterated_krum_selection,
-    mean_around_median_with_shares,
-    pairwise_sq_distances,
-)
+from torchchain.strategies.distance_bounds import iterated_krum_order
+from torchchain.strategies.kernels import mean_around_median_with_shares
 
 __all__ = ["Bulyan"]
 
@@ -33,6 +30,9 @@ class Bulyan(Strategy):
     at the last picks the row with the smallest summed distance to its two nearest remaining
     rows (see :func:`~torchchain.strategies.kernels.iterated_krum_selection`). Among equal scores
     the lower row index (client-key order) wins, never the row content.
+    The picks are those of the exact, fixed-order distances, decided from rounding bounds on a
+    Gram matrix where they separate the rows
+    (:func:`~torchchain.strategies.distance_bounds.iterated_krum_order`).
 
     With fewer rows than that allows, ``effective_f(n) = min(f, (n - 3) // 4)`` (at least 0) is
     used, so a single row comes back as is.
@@ -59,7 +59,7 @@ class Bulyan(Strategy):
         n = updates.shape[0]
         f = self.effective_f(n)
         theta = n - 2 * f
-        selected = iterated_krum_selection(pairwise_sq_distances(updates), f, theta)
+        selected = iterated_krum_order(updates, f, theta)
         chosen = torch.sort(selected).values
         update, shares = mean_around_median_with_shares(updates[chosen], theta - 2 * f)
         trust = torch.zeros(n, dtype=torch.float64)

@@ -33,7 +33,7 @@ with either sign. :class:`~torchchain.strategies.base.Strategy` does this before
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ __all__ = [
     "ordered_weighted_sum",
     "pairwise_sq_distances",
     "row_norms",
+    "row_sq_norms",
     "row_sums",
     "sequential_sum",
     "smallest_indices",
@@ -66,8 +67,8 @@ __all__ = [
 #: Block length of :func:`row_sums`.
 _BLOCK = 4096
 
-#: Coordinates per block of :func:`coordinate_median` (a block of ``n`` rows is transposed).
-_MEDIAN_COLUMNS = 8192
+#: Coordinates per block of the coordinate-wise rules (a block of ``n`` rows is transposed).
+_COLUMNS = 8192
 
 
 # -- sums in a fixed order ------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _blocked_row_sums(terms: Callable[[int, int], Tensor], d: int) -> Tensor:
 # -- means ----------------------------------------------------------------------------------
 
 
-def ordered_weighted_sum(updates: Tensor, coefficients: Tensor) -> Tensor:
+def ordered_weighted_sum(updates: Tensor, coefficients: Tensor, rows: Tensor | None = None) -> Tensor:
     """``c_0 * x_0 + c_1 * x_1 + ...``, added left to right in row order.
 
     Each product is rounded, then added to the running total, row after row; the result equals
@@ -156,24 +157,27 @@ def ordered_weighted_sum(updates: Tensor, coefficients: Tensor) -> Tensor:
 
     Args:
         updates: ``(n, d)`` float64, ``n >= 1``, in the order to add them (client-key order).
-        coefficients: ``(n,)`` float64.
+        coefficients: ``(n,)`` float64, or one per entry of ``rows``.
+        rows: Indices of the rows to add, in the order to add them; default all rows in order.
+            The same bits as passing ``updates[rows]``, without copying those rows.
 
     Returns:
         ``(d,)`` float64.
     """
     _check_matrix(updates)
-    if coefficients.shape != (updates.shape[0],):
+    order = list(range(updates.shape[0])) if rows is None else rows.tolist()
+    if not order or coefficients.shape != (len(order),):
         raise ValueError(
-            f"coefficients must have shape ({updates.shape[0]},) to match updates, got {tuple(coefficients.shape)}"
+            f"coefficients must have shape ({len(order)},) to match the rows added, got {tuple(coefficients.shape)}"
         )
-    total = updates[0] * coefficients[0]
+    total = updates[order[0]] * coefficients[0]
     term = torch.empty_like(total)
-    for row, coefficient in zip(updates[1:], coefficients[1:]):
-        total += torch.mul(row, coefficient, out=term)
+    for row, coefficient in zip(order[1:], coefficients[1:]):
+        total += torch.mul(updates[row], coefficient, out=term)
     return total
 
 
-def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
+def weighted_mean(updates: Tensor, weights: Tensor, rows: Tensor | None = None) -> Tensor:
     """Mean of the rows of ``updates`` weighted by ``weights``.
 
     The weights are normalised first (``c_i = w_i / sum_j w_j``, the total added in ascending
@@ -183,7 +187,9 @@ def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
 
     Args:
         updates: ``(n, d)`` float64, ``n >= 1``, in client-key order.
-        weights: ``(n,)`` float64, non-negative, with a positive sum.
+        weights: ``(n,)`` float64, non-negative, with a positive sum; or one per entry of ``rows``.
+        rows: Indices of the rows to average, in the order to add them; default all rows. The
+            same bits as ``weighted_mean(updates[rows], weights)``, without copying the rows.
 
     Returns:
         ``(d,)`` float64, the same bits for the same rows in the same order on every machine.
@@ -192,14 +198,15 @@ def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
         ValueError: If the shapes disagree or the weights are negative or sum to zero.
     """
     _check_matrix(updates)
-    if weights.shape != (updates.shape[0],):
-        raise ValueError(f"weights must have shape ({updates.shape[0]},) to match updates, got {tuple(weights.shape)}")
+    count = updates.shape[0] if rows is None else rows.numel()
+    if weights.shape != (count,):
+        raise ValueError(f"weights must have shape ({count},) to match the rows averaged, got {tuple(weights.shape)}")
     if bool((weights < 0).any()):
         raise ValueError("weights must be non-negative")
     total = sorted_sum(weights)
     if not total > 0:
         raise ValueError("weights must have a positive sum")
-    return ordered_weighted_sum(updates, weights / total)
+    return ordered_weighted_sum(updates, weights / total, rows)
 
 
 def trimmed_mean_with_shares(updates: Tensor, trim: int) -> tuple[Tensor, Tensor]:
@@ -225,10 +232,13 @@ def trimmed_mean_with_shares(updates: Tensor, trim: int) -> tuple[Tensor, Tensor
     n, d = updates.shape
     if trim < 0 or 2 * trim >= n:
         raise ValueError(f"trim must satisfy 0 <= trim and 2*trim < n, got trim={trim}, n={n}")
-    values, rows = torch.sort(updates, dim=0, stable=True)
     kept = n - 2 * trim
-    mean = sequential_sum(values[trim : n - trim], dim=0) / kept
-    counts = torch.bincount(rows[trim : n - trim].reshape(-1), minlength=n)
+    mean = torch.empty(d, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.int64)
+    for start, columns in _column_blocks(updates):
+        values, rows = torch.sort(columns, dim=1, stable=True)
+        mean[start : start + columns.shape[0]] = sequential_sum(values[:, trim : n - trim], dim=1) / kept
+        counts += torch.bincount(rows[:, trim : n - trim].reshape(-1), minlength=n)
     return mean, counts.to(torch.float64) / (kept * d)
 
 
@@ -250,7 +260,7 @@ def coordinate_median(updates: Tensor) -> Tensor:
 
     (``torch.median`` returns the lower of the two middle values instead, which biases it.) The
     same bits as :func:`coordinate_trimmed_mean` with ``trim = (n - 1) // 2``, in about half the
-    time, since it selects instead of sorting whole columns: blocks of :data:`_MEDIAN_COLUMNS`
+    time, since it selects instead of sorting whole columns: blocks of :data:`_COLUMNS`
     coordinates are transposed so each column is contiguous, ``torch.median`` selects the lower
     middle value ``lo``, and for even ``n`` the upper middle value is ``lo`` itself when more than
     ``n / 2`` values are at most ``lo``, else the smallest value above ``lo``.
@@ -264,8 +274,7 @@ def coordinate_median(updates: Tensor) -> Tensor:
     _check_matrix(updates)
     n, d = updates.shape
     median = torch.empty(d, dtype=torch.float64)
-    for start in range(0, d, _MEDIAN_COLUMNS):
-        columns = updates[:, start : start + _MEDIAN_COLUMNS].T.contiguous()
+    for start, columns in _column_blocks(updates):
         lower = torch.median(columns, dim=1).values
         if n % 2 == 0:
             at_most = (columns <= lower[:, None]).sum(dim=1)
@@ -298,13 +307,16 @@ def mean_around_median_with_shares(updates: Tensor, beta: int) -> tuple[Tensor, 
     n, d = updates.shape
     if not 1 <= beta <= n:
         raise ValueError(f"beta must satisfy 1 <= beta <= n, got beta={beta}, n={n}")
-    values, rows = torch.sort(updates, dim=0, stable=True)
-    median = (values[(n - 1) // 2] + values[n // 2]) / 2
-    closest = torch.sort((values - median).abs(), dim=0, stable=True).indices[:beta]
-    # Positions in ascending value order, so the kept values are summed smallest first.
-    positions = torch.sort(closest, dim=0).values
-    mean = sequential_sum(values.gather(0, positions), dim=0) / beta
-    counts = torch.bincount(rows.gather(0, positions).reshape(-1), minlength=n)
+    mean = torch.empty(d, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.int64)
+    for start, columns in _column_blocks(updates):
+        values, rows = torch.sort(columns, dim=1, stable=True)
+        median = (values[:, (n - 1) // 2] + values[:, n // 2]) / 2
+        closest = torch.sort((values - median[:, None]).abs(), dim=1, stable=True).indices[:, :beta]
+        # Positions in ascending value order, so the kept values are summed smallest first.
+        positions = torch.sort(closest, dim=1).values
+        mean[start : start + columns.shape[0]] = sequential_sum(values.gather(1, positions), dim=1) / beta
+        counts += torch.bincount(rows.gather(1, positions).reshape(-1), minlength=n)
     return mean, counts.to(torch.float64) / (beta * d)
 
 
@@ -332,8 +344,8 @@ def sq_distances_to(updates: Tensor, center: Tensor) -> Tensor:
     return _blocked_row_sums(squares, updates.shape[1])
 
 
-def row_norms(vectors: Tensor) -> Tensor:
-    """L2 norm of every row.
+def row_sq_norms(vectors: Tensor) -> Tensor:
+    """Squared L2 norm of every row, summed in :func:`row_sums`' fixed order.
 
     Args:
         vectors: ``(n, d)`` float64.
@@ -341,7 +353,19 @@ def row_norms(vectors: Tensor) -> Tensor:
     Returns:
         ``(n,)`` float64.
     """
-    return _blocked_row_sums(lambda start, stop: vectors[..., start:stop] * vectors[..., start:stop], vectors.shape[-1]).sqrt()
+    return _blocked_row_sums(lambda start, stop: vectors[..., start:stop] * vectors[..., start:stop], vectors.shape[-1])
+
+
+def row_norms(vectors: Tensor) -> Tensor:
+    """L2 norm of every row (the square root of :func:`row_sq_norms`).
+
+    Args:
+        vectors: ``(n, d)`` float64.
+
+    Returns:
+        ``(n,)`` float64.
+    """
+    return row_sq_norms(vectors).sqrt()
 
 
 def pairwise_sq_distances(updates: Tensor) -> Tensor:
@@ -657,6 +681,16 @@ def cosine_similarities(updates: Tensor, reference: Tensor) -> Tensor:
     norms = row_norms(updates) * row_norms(reference[None, :])[0]
     positive = norms > 0
     return torch.where(positive, dots / torch.where(positive, norms, torch.ones_like(norms)), torch.zeros_like(dots))
+
+
+def _column_blocks(updates: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """``(start, columns)`` for blocks of :data:`_COLUMNS` coordinates: ``columns`` is the
+    ``(c, n)`` transpose of ``updates[:, start:start + c]``, contiguous, so that per-coordinate
+    sorts and selections read each coordinate's ``n`` values from one cache line run instead of
+    ``n`` strided loads (about twice as fast as sorting ``dim=0`` of the whole matrix, same
+    results)."""
+    for start in range(0, updates.shape[1], _COLUMNS):
+        yield start, updates[:, start : start + _COLUMNS].T.contiguous()
 
 
 def _check_matrix(updates: Tensor) -> None:

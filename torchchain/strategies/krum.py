@@ -7,7 +7,8 @@ from torch import Tensor
 
 from torchchain.errors import ConfigError
 from torchchain.strategies.base import Aggregate, Strategy
-from torchchain.strategies.kernels import krum_scores, smallest_indices, weighted_mean
+from torchchain.strategies.distance_bounds import krum_order
+from torchchain.strategies.kernels import weighted_mean
 
 __all__ = ["Krum"]
 
@@ -21,6 +22,11 @@ class Krum(Strategy):
     with the lower index wins, i.e. the client whose key sorts first: never the row content,
     which the attacker chooses. Requires ``n >= 2f + 3``. Sample counts are ignored (a client
     could claim any count).
+
+    The scores are those of the exact, fixed-order distances
+    (:func:`~torchchain.strategies.kernels.pairwise_sq_distances`); the selection is decided from
+    rounding bounds on a Gram matrix where they separate the rows
+    (:func:`~torchchain.strategies.distance_bounds.krum_order`), with the same result.
 
     With fewer rows than that allows, ``effective_f(n) = min(f, (n - 3) // 2)`` (at least 0) is
     used; with one or two rows every score is 0 and row 0 is returned, and with three rows (one
@@ -56,8 +62,8 @@ class Krum(Strategy):
         n = updates.shape[0]
         f = self.effective_f(n)
         count = self.selection_size(n, f)
-        chosen = smallest_indices(krum_scores(updates, f), count)
-        update = weighted_mean(updates[chosen], torch.ones(count, dtype=torch.float64))
+        chosen = krum_order(updates, f, count)
+        update = weighted_mean(updates, torch.ones(count, dtype=torch.float64), rows=chosen)
         trust = torch.zeros(n, dtype=torch.float64)
         trust[chosen] = 1.0 / count
         return Aggregate(update=update, trust=trust)
