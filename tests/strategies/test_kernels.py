@@ -69,6 +69,17 @@ def test_means_of_chosen_rows_have_the_bits_of_the_copied_rows():
         K.ordered_weighted_sum(updates, weights, rows=rows[:0])
 
 
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_the_streamed_clipped_mean_has_the_bits_of_the_whole_matrix_formula(n):
+    generator = torch.Generator().manual_seed(n)
+    updates = torch.randn(n, 9000, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-8, 8, (n, 1), generator=generator)
+    center = torch.randn(9000, generator=generator, dtype=torch.float64)
+    factors = torch.rand(n, generator=generator, dtype=torch.float64)
+    expected = K.weighted_mean((updates - center) * factors[:, None], torch.ones(n, dtype=torch.float64))
+    assert torch.equal(K.mean_scaled_difference(updates, center, factors), expected)
+    assert torch.equal(K.sq_distances_to(updates, center).sqrt(), K.row_norms(updates - center))
+
+
 def test_row_sums_of_long_rows_are_exact_on_integers():
     # 10_001 coordinates: two full blocks of 4096 and a shorter last block
     rows = torch.stack([torch.ones(10_001, dtype=torch.float64), torch.arange(10_001, dtype=torch.float64)])

@@ -18,7 +18,13 @@ from torchchain.strategies.base import (
     require_int,
     require_number,
 )
-from torchchain.strategies.kernels import clip_factors, median_clip_factors, sorted_sum, weighted_mean
+from torchchain.strategies.kernels import (
+    mean_scaled_difference,
+    median_norm_clip_factors,
+    norm_clip_factors,
+    sorted_sum,
+    sq_distances_to,
+)
 
 __all__ = ["AUTO", "MAX_MOMENTUM", "CenteredClipping"]
 
@@ -117,18 +123,17 @@ class CenteredClipping(Strategy):
                     f"centered_clipping: the stored {key} has {stored.shape[0]} coordinates but the updates have "
                     f"{d}; load a matching state or start a fresh strategy"
                 )
-        uniform = torch.ones(n, dtype=torch.float64)
-        factors = uniform
+        factors = torch.ones(n, dtype=torch.float64)
         radii = []
         for _ in range(self.iterations):
-            differences = updates - center
+            distances = sq_distances_to(updates, center).sqrt()
             if self.tau == AUTO:
-                factors, radius = median_clip_factors(differences)
+                factors, radius = median_norm_clip_factors(distances)
                 radii.append(float(radius))
             else:
-                factors = clip_factors(differences, self.tau)
+                factors = norm_clip_factors(distances, self.tau)
                 radii.append(float(self.tau))
-            center = center + weighted_mean(differences * factors[:, None], uniform)
+            center = center + mean_scaled_difference(updates, center, factors)
         self._center = center.clone()
         self.radii = tuple(radii)
         update = center

@@ -49,8 +49,11 @@ __all__ = [
     "krum_scores",
     "krum_scores_from_distances",
     "mean_around_median_with_shares",
+    "mean_scaled_difference",
+    "median_norm_clip_factors",
     "median_clip_factors",
     "nearest_rows",
+    "norm_clip_factors",
     "ordered_weighted_sum",
     "pairwise_sq_distances",
     "row_norms",
@@ -613,9 +616,13 @@ def clip_factors(vectors: Tensor, c: float) -> Tensor:
     Returns:
         ``(n,)`` float64 in ``(0, 1]``; 1 for rows already within ``c`` (zero rows included).
     """
+    return norm_clip_factors(row_norms(vectors), c)
+
+
+def norm_clip_factors(norms: Tensor, c: float) -> Tensor:
+    """:func:`clip_factors` from the rows' norms ``(n,)``."""
     if not c > 0:
         raise ValueError(f"the clipping norm c must be positive, got {c}")
-    norms = row_norms(vectors)
     return torch.where(norms > c, c / norms, torch.ones_like(norms))
 
 
@@ -643,12 +650,45 @@ def median_clip_factors(vectors: Tensor) -> tuple[Tensor, Tensor]:
         are (the scaling is exact, barring overflow and underflow).
     """
     _check_matrix(vectors)
-    norms = row_norms(vectors)
+    return median_norm_clip_factors(row_norms(vectors))
+
+
+def median_norm_clip_factors(norms: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`median_clip_factors` from the rows' norms ``(n,)``."""
     radius = coordinate_median(norms[:, None])[0]
     # Rows within the radius keep factor 1; torch.where never uses the quotients it discards,
     # so a zero norm (0/0 or r/0 there) does no harm.
     factors = torch.where(norms > radius, radius / norms, torch.ones_like(norms))
     return factors, radius
+
+
+def mean_scaled_difference(updates: Tensor, center: Tensor, factors: Tensor) -> Tensor:
+    """``weighted_mean((updates - center) * factors[:, None], ones)``, bit for bit, one row at a
+    time: no ``(n, d)`` temporary.
+
+    Each row's difference is rounded, scaled by its factor, multiplied by ``1 / n`` and added
+    in row order, the operations :func:`weighted_mean` applies to the whole matrix.
+
+    Args:
+        updates: ``(n, d)`` float64.
+        center: ``(d,)`` float64.
+        factors: ``(n,)`` float64.
+
+    Returns:
+        ``(d,)`` float64.
+    """
+    _check_matrix(updates)
+    n = updates.shape[0]
+    coefficients = torch.ones(n, dtype=torch.float64) / sorted_sum(torch.ones(n, dtype=torch.float64))
+    total = torch.zeros_like(center)
+    term = torch.empty_like(center)
+    for row in range(n):
+        torch.sub(updates[row], center, out=term).mul_(factors[row]).mul_(coefficients[row])
+        if row == 0:
+            total.copy_(term)
+        else:
+            total += term
+    return total
 
 
 def clip_to_norm(vectors: Tensor, c: float) -> Tensor:
