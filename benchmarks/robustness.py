@@ -509,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strategies", help="comma-separated; NAME+STEP adds a pre-aggregation step (default: the setting's)")
     parser.add_argument("--attacks", help="comma-separated (default: every conf/attack option)")
     parser.add_argument("--rounds", type=int, help="override the setting's rounds")
+    parser.add_argument("--byzantine", type=int, help="malicious clients in the matrix runs (default: the setting's)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; cells average over them")
     parser.add_argument("--curve-attack", help="attack of curves.png (default: the setting's)")
     parser.add_argument("--curve-strategies", help="comma-separated panels of curves.png (default: the setting's)")
@@ -525,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = settings[args.setting]
     setting = Setting(
         overrides=(*base.overrides, *args.extra.split()),
-        byzantine=base.byzantine,
+        byzantine=base.byzantine if args.byzantine is None else args.byzantine,
         strategies=base.strategies,
         curve_attack=args.curve_attack or base.curve_attack,
         curve_strategies=tuple(_names(args.curve_strategies) or base.curve_strategies),
