@@ -121,16 +121,17 @@ def junk_submission(j: int, *, rnd: int, base_hash: str) -> Submission:
     return Submission(tx, b"junk")
 
 
-def round_meta(transactions: Sequence[Transaction], prev_hash: str, **overrides) -> dict[str, Any]:
-    """A well-formed round record (uniform trust, nothing rejected) for a forged block."""
-    from torchchain.chain.block import merkle_root
+def round_meta(transactions: Sequence[Transaction], prev: Block, **overrides) -> dict[str, Any]:
+    """A well-formed round record (uniform trust, nothing rejected) for a forged block on ``prev``."""
     from torchchain.protocol.randomness import round_randomness
 
     record = RoundRecord(
         outcome="aggregated",
         trust={tx.client: 1.0 / len(transactions) for tx in transactions} if transactions else {},
         rejected=Rejections(),
-        randomness=round_randomness(prev_hash, merkle_root([tx.tx_hash for tx in transactions])),
+        randomness=round_randomness(
+            prev.header.config_hash, prev.header.round + 1, [(tx.client, tx.update_hash) for tx in transactions]
+        ),
     )
     meta = record.to_meta()
     meta.update(overrides)
@@ -147,7 +148,7 @@ def forged_block(
         prev=prev,
         round=prev.header.round + 1 if round is None else round,
         transactions=list(transactions),
-        meta=round_meta(transactions, prev.hash) if meta is None else meta,
+        meta=round_meta(transactions, prev) if meta is None else meta,
         model_hash=prev.header.model_hash if model_hash is None else model_hash,
         miner=miner,
         difficulty=difficulty,

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from torchchain.chain.block import Transaction, make_block, make_genesis, merkle_root
+from torchchain.chain.block import Block, Transaction, make_block, make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.errors import ConfigError, LedgerError
@@ -84,7 +84,8 @@ def _rules(strategy) -> RoundRules:
 
 
 def _node(ledger: Ledger, strategy) -> Node:
-    return Node(ledger=ledger, rules=_rules(strategy), key=MINER, difficulty=DIFFICULTY)
+    rules = dataclasses.replace(_rules(strategy), config_hash=ledger.genesis.header.config_hash)
+    return Node(ledger=ledger, rules=rules, key=MINER, difficulty=DIFFICULTY)
 
 
 def _submissions(ledger: Ledger, rnd: int, *, forge_last: bool = False) -> list[Submission]:
@@ -107,7 +108,7 @@ def _append_raw(ledger: Ledger, updates: list, *, meta, model_bytes: bytes, blob
     payloads = [u if isinstance(u, bytes) else update_to_bytes(u) for u in updates]
     txs = sorted((_signed(k, p, rnd=1, base_hash=ledger.head.hash) for k, p in zip(KEYS, payloads)), key=lambda t: t.client)
     if callable(meta):
-        meta = meta(ledger.head.hash, txs)
+        meta = meta(ledger.head, txs)
     for payload in [*payloads, model_bytes, *blobs]:
         ledger.put_blob(payload)
     block = make_block(
@@ -127,8 +128,10 @@ def _append_raw(ledger: Ledger, updates: list, *, meta, model_bytes: bytes, blob
 def _record_meta(*, trust=None, outcome: str = "aggregated", **fields):
     """A well-formed round record for the block ``_append_raw`` builds (its randomness is the true one)."""
 
-    def meta(parent_hash: str, txs: list[Transaction]) -> dict:
-        randomness = round_randomness(parent_hash, merkle_root([tx.tx_hash for tx in txs]))
+    def meta(parent: Block, txs: list[Transaction]) -> dict:
+        randomness = round_randomness(
+            parent.header.config_hash, parent.header.round + 1, [(tx.client, tx.update_hash) for tx in txs]
+        )
         weights = {tx.client: 0.0 for tx in txs} if trust is None else trust
         return RoundRecord(
             outcome=outcome, trust=weights, rejected=Rejections(), randomness=randomness, **fields
@@ -196,9 +199,7 @@ def _order_updates(shape: tuple[int, ...], base_hash: str):
 
 def _order_inputs(shape: tuple[int, ...], base_hash: str = "ab" * 32) -> RoundInputs:
     updates = sorted(_order_updates(shape, base_hash), key=lambda u: u[0].client)
-    return RoundInputs(
-        parent_hash=base_hash, transactions=tuple(t for t, _, _ in updates), updates=tuple(u for _, _, u in updates)
-    )
+    return RoundInputs(round=1, transactions=tuple(t for t, _, _ in updates), updates=tuple(u for _, _, u in updates))
 
 
 ORDER_STRATEGIES = sorted(set(STRATEGIES) - {"fltrust"}) + ["krum+bucketing"]
@@ -245,22 +246,26 @@ def test_aggregation_does_not_depend_on_the_thread_count(name):
     assert results[0] == results[1]
 
 
-def test_bucketing_permutation_depends_on_the_round_transactions():
-    # The same updates, parent and genesis seed, but other accepted transactions (signed against
-    # another base): the round's randomness, and so bucketing's permutation, changes.
+def test_bucketing_permutation_depends_on_the_accepted_updates_and_not_on_block_hashes():
+    # The seed covers the config hash, the round and each accepted (client, update hash). The
+    # same updates signed against another base (a parent mined at another time) give the same
+    # permutation and the same model; one update fewer, or another round, gives another seed.
     rules = _order_rules("krum+bucketing")
     base = {"w": torch.zeros(4, 5), "b": torch.zeros(3)}
     first = _order_inputs((4, 5), "ab" * 32)
     other = sorted(_order_updates((4, 5), "cd" * 32), key=lambda u: u[0].client)
-    second = dataclasses.replace(first, transactions=tuple(t for t, _, _ in other))
-    assert first.randomness != second.randomness
-    assert first.randomness == round_randomness("ab" * 32, merkle_root([tx.tx_hash for tx in first.transactions]))
-    perm = [torch.randperm(9, generator=round_generator(r)).tolist() for r in (first.randomness, second.randomness)]
+    rebased = dataclasses.replace(first, transactions=tuple(t for t, _, _ in other))
+    fewer = dataclasses.replace(first, transactions=first.transactions[1:], updates=first.updates[1:])
+    seed, rebased_seed, fewer_seed = (rules.randomness(i.round, i.transactions) for i in (first, rebased, fewer))
+    assert seed == rebased_seed != fewer_seed
+    assert rules.randomness(2, first.transactions) != seed
+    assert seed == round_randomness(rules.config_hash, 1, [(tx.client, tx.update_hash) for tx in first.transactions])
+    perm = [torch.randperm(9, generator=round_generator(r)).tolist() for r in (seed, fewer_seed)]
     assert perm[0] != perm[1]
     a = execute_round(rules, base, {}, first)
-    b = execute_round(rules, base, {}, second)
-    assert (a.model_hash, a.trust) != (b.model_hash, b.trust)
-    # ... and is a pure function of those transactions.
+    b = execute_round(rules, base, {}, rebased)
+    assert (a.model_hash, a.trust, a.randomness) == (b.model_hash, b.trust, b.randomness)
+    # ... and the outcome is a pure function of those transactions.
     assert execute_round(rules, base, {}, first).model_hash == a.model_hash
 
 
@@ -270,7 +275,7 @@ def test_round_randomness_is_recorded_and_checked_by_replay(tmp_path):
     prepared = node.prepare(1, _submissions(ledger, 1), state, time_ms=1_700_000_000_001)
     block = prepared.block
     assert block.meta["randomness"] == round_randomness(
-        ledger.head.hash, merkle_root([tx.tx_hash for tx in block.transactions])
+        ledger.genesis.header.config_hash, 1, [(tx.client, tx.update_hash) for tx in block.transactions]
     )
     # The same block, but recording another seed (Median ignores it: only the record is wrong).
     forged = make_block(
@@ -368,7 +373,7 @@ def test_recorded_trust_that_differs_from_the_replay_is_a_mismatch(tmp_path):
         key=lambda t: t.client,
     )
     by_client = {KEYS[i].public_key: u for i, u in enumerate(updates)}
-    inputs = RoundInputs(ledger.head.hash, tuple(txs), tuple(by_client[t.client] for t in txs))
+    inputs = RoundInputs(1, tuple(txs), tuple(by_client[t.client] for t in txs))
     result = execute_round(_rules(FedAvg()), state, {}, inputs)
     assert sorted(result.trust.values()) == [0.5, 0.5]
     # The right model with a false story of who it relied on.
@@ -430,8 +435,8 @@ def test_malformed_genesis_model_is_a_ledger_error_naming_genesis(tmp_path):
 def test_malformed_round_meta_is_a_ledger_error_naming_the_block(tmp_path):
     ledger, state = _genesis_ledger(tmp_path / "ledger", MEDIAN)
 
-    def meta(parent_hash, txs):
-        return {**_record_meta()(parent_hash, txs), "rejected": "none"}
+    def meta(parent, txs):
+        return {**_record_meta()(parent, txs), "rejected": "none"}
 
     name = _append_raw(ledger, [_tensors()], meta=meta, model_bytes=update_to_bytes(state))
     with pytest.raises(LedgerError, match="rejected") as caught:

@@ -17,7 +17,6 @@ from torchchain.chain.block import Transaction, make_block, make_genesis
 from torchchain.chain.crypto import SigningKey, sha256_hex
 from torchchain.chain.ledger import Ledger, block_file_name
 from torchchain.cli import main
-from torchchain.chain.block import merkle_root
 from torchchain.protocol.randomness import round_randomness
 from torchchain.protocol.record import Rejections, RoundRecord
 from torchchain.protocol.round import RoundRules
@@ -52,7 +51,10 @@ def _build(path: Path, *, recorded: str, used) -> Ledger:
     ledger = Ledger.create(path, genesis, blobs=[model])
     used.setup(num_clients=4, num_byzantine=1)
     # A dishonest node can aggregate with another rule than the one its genesis block records.
-    rules = RoundRules(strategy=used, members=frozenset(k.public_key for k in KEYS), max_update_bytes=1 << 20)
+    rules = RoundRules(
+        strategy=used, members=frozenset(k.public_key for k in KEYS), max_update_bytes=1 << 20,
+        config_hash=genesis.header.config_hash,
+    )
     node = Node(ledger=ledger, rules=rules, key=MINER, difficulty=4)
     for rnd in (1, 2):
         subs = []
@@ -181,7 +183,7 @@ def test_inspect_escapes_control_characters_from_the_ledger(tmp_path, good, caps
     rejected = {"client": KEYS[0].public_key, "update_hash": "ab" * 32, "code": "odd", "reason": "clear\x1b[2Jscreen"}
     record = RoundRecord(
         outcome="aggregated", trust={}, rejected=Rejections(total=1, counts={"odd": 1}, sample=(rejected,)),
-        randomness=round_randomness(ledger.head.hash, merkle_root([])),
+        randomness=round_randomness(ledger.genesis.header.config_hash, 1, []),
     )
     block = make_block(
         prev=ledger.head, round=1, transactions=[], meta=record.to_meta(),

@@ -601,7 +601,7 @@ def test_update_that_overflows_the_model_keeps_the_parent(tmp_path):
     subs.append(h.submission(h.KEYS[4], huge, rnd=1, base_hash=base))
     selection = select_submissions(subs, rules.context(1, base, parent))
     assert len(selection.accepted) == 5  # finite, well-formed: nothing to reject it for
-    result = execute_round(rules, parent, {}, round_inputs_from(base, selection.accepted, None))
+    result = execute_round(rules, parent, {}, round_inputs_from(1, selection.accepted, None))
     assert result.outcome == "kept_parent"
     assert result.model_bytes == update_to_bytes(parent) and _finite(result.model)
     assert set(result.trust.values()) == {0.0}
@@ -740,7 +740,7 @@ def test_a_client_claiming_2_63_samples_does_not_own_geomed(tmp_path):
     subs.append(h.submission(h.KEYS[4], far, rnd=1, base_hash=base, num_samples=2**63 - 1))
     selection = select_submissions(subs, rules.context(1, base, parent))
     assert len(selection.accepted) == 5
-    result = execute_round(rules, parent, {}, round_inputs_from(base, selection.accepted, None))
+    result = execute_round(rules, parent, {}, round_inputs_from(1, selection.accepted, None))
     assert result.outcome == "aggregated"
     moved = max(float((result.model[k] - parent[k]).abs().max()) for k in parent)
     assert moved < 0.1, f"the aggregate moved {moved} towards the far row"
@@ -893,7 +893,7 @@ def test_block_accepting_an_update_the_rules_reject_fails_audit(tmp_path, capsys
         tx = h.signed(client_keys[0], payload, rnd=head.header.round + 1, base_hash=head.hash)
         ledger.put_blob(payload)
         block = make_block(
-            prev=head, round=head.header.round + 1, transactions=[tx], meta=h.round_meta([tx], head.hash),
+            prev=head, round=head.header.round + 1, transactions=[tx], meta=h.round_meta([tx], head),
             model_hash=head.header.model_hash, miner=node_key, difficulty=head.header.difficulty,
             time_ms=head.header.time_ms + 1,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -104,11 +103,8 @@ def test_a_plan_beyond_the_target_is_refused_before_anything_is_written(tmp_path
 
 def test_a_run_stops_at_the_last_round_within_the_budget(tmp_path, monkeypatch):
     # 2 of 4 clients per round over 6 rounds: the plan counts 3 updates per client, but the
-    # chain-derived sample gives some client a 4th. The sample follows the parent block's hash,
-    # which holds the mining time, so the clock is fixed: with a live clock one run in several
-    # draws a perfectly balanced sample and never reaches the budget. The run stops before the
-    # round that would pass the budget and says so.
-    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    # chain-derived sample (fixed by the config hash and the round) gives some client a 4th. The
+    # run stops before the round that would pass the budget and says so.
     target = _opacus_epsilon(1.0, 1.0, 3, 1e-5) + 1e-6
     summary = _run(
         tmp_path, "stopped",

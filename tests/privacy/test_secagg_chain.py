@@ -271,7 +271,7 @@ def test_audit_catches_a_survivor_censored_after_it_revealed(honest, tmp_path):
     transactions = list(head.transactions[1:])
     meta = json.loads(json.dumps(head.meta))
     meta["trust"] = {tx.client: meta["trust"][tx.client] for tx in transactions}
-    meta["randomness"] = h.round_meta(transactions, parent.hash)["randomness"]
+    meta["randomness"] = h.round_meta(transactions, parent)["randomness"]
     node_key, _ = h.run_keys(0, CLIENTS)
     forged = make_block(
         prev=parent, round=head.header.round, transactions=transactions, meta=meta, model_hash=head.header.model_hash,

@@ -1,4 +1,5 @@
-"""clients_per_round: a sample every node derives from the parent block; unsampled clients cost nothing."""
+"""clients_per_round: a sample every node derives from the config hash and the round; unsampled
+clients cost nothing, and one seed samples the same clients run after run."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ MEMBERS = [SigningKey.from_seed_material(f"sample-test/{i}") for i in range(12)]
 KEYS = sorted(k.public_key for k in MEMBERS)
 
 
-def test_the_sample_is_a_function_of_the_parent_hash() -> None:
-    first = round_sample("11" * 32, KEYS, 4)
+def test_the_sample_is_a_function_of_the_config_hash_and_the_round() -> None:
+    first = round_sample("11" * 32, 1, KEYS, 4)
     assert len(first) == 4 and first <= set(KEYS)
-    assert round_sample("11" * 32, reversed(KEYS), 4) == first  # member order does not matter
-    others = {round_sample(f"{i:02x}" * 32, KEYS, 4) for i in range(20)}
-    assert len(others) > 10  # different parents, different samples
-    assert round_sample("11" * 32, KEYS, None) == frozenset(KEYS)
+    assert round_sample("11" * 32, 1, reversed(KEYS), 4) == first  # member order does not matter
+    assert len({round_sample(f"{i:02x}" * 32, 1, KEYS, 4) for i in range(20)}) > 10  # other chains
+    assert len({round_sample("11" * 32, r, KEYS, 4) for r in range(20)}) > 10  # other rounds
+    assert round_sample("11" * 32, 1, KEYS, None) == frozenset(KEYS)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_sample_size_refuses_other_values(value) -> None:
 
 def test_an_unsampled_member_is_rejected() -> None:
     parent = "22" * 32
-    sample = round_sample(parent, KEYS, 3)
+    sample = round_sample("33" * 32, 1, KEYS, 3)
     template = {"w": torch.zeros(3)}
     context = RoundContext(
         members=frozenset(KEYS), round=1, base_hash=parent, template=template, max_update_bytes=1 << 16, sampled=sample
@@ -76,7 +77,7 @@ def test_a_sampled_run_trains_only_the_sample_and_audits(tmp_path, monkeypatch) 
     ledger = Ledger.open(tmp_path / "ledger")
     members = ledger.members
     for block in ledger.iter_blocks(1):
-        sample = round_sample(block.header.prev_hash, members, 3)
+        sample = round_sample(block.header.config_hash, block.header.round, members, 3)
         assert {tx.client for tx in block.transactions} <= sample
     assert summary["rejected"] == 0
     assert len(audit_ledger(tmp_path / "ledger").rounds) == 4
@@ -86,3 +87,30 @@ def test_a_rule_that_cannot_run_on_the_sample_is_refused_before_training(tmp_pat
     with pytest.raises(ConfigError, match="clients_per_round=4"):
         run(compose_config([*FAST, "clients=10", "clients_per_round=4", "strategy=krum", "byzantine=2"]), tmp_path)
     assert not (tmp_path / "ledger").exists()
+
+
+def test_one_seed_samples_the_same_clients_and_trains_the_same_models_whatever_the_clock(tmp_path, monkeypatch) -> None:
+    # Block hashes hold the mining time; the sample and the bucketing permutation must not
+    # depend on them, or two runs of one seed would aggregate differently.
+    import time as time_module
+
+    overrides = [*FAST, "clients=12", "clients_per_round=6", "rounds=4", "strategy=median", "strategy.pre=[bucketing]"]
+    hashes = []
+    for offset in (0.0, 12_345.678):
+        clock = time_module.time
+        monkeypatch.setattr(time_module, "time", lambda: clock() + offset)
+        run(compose_config(overrides), tmp_path / str(offset))
+        monkeypatch.undo()
+        ledger = Ledger.open(tmp_path / str(offset) / "ledger")
+        blocks = list(ledger.iter_blocks(1))
+        hashes.append(
+            (
+                [b.header.model_hash for b in blocks],
+                [b.meta["randomness"] for b in blocks],
+                [sorted(tx.client for tx in b.transactions) for b in blocks],
+                [b.hash for b in blocks],
+            )
+        )
+    (models, randomness, clients, block_hashes), (models2, randomness2, clients2, block_hashes2) = hashes
+    assert models == models2 and randomness == randomness2 and clients == clients2
+    assert block_hashes != block_hashes2  # the times differ, and so do the hashes that cover them

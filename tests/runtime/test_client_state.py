@@ -24,13 +24,6 @@ from composing import FAST, compose_config, run_stopped_before
 SETTINGS = [*FAST, "rounds=6", "clients=8", "clients_per_round=3", "momentum=0.9", "lr=0.05", "codec=topk"]
 
 
-@pytest.fixture(autouse=True)
-def fixed_clock(monkeypatch):
-    """The sample follows the parent block's hash, which holds the mining time: a fixed clock
-    makes two runs sample the same clients, so their models can be compared bit for bit."""
-    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
-
-
 def _in_memory(monkeypatch) -> None:
     """Keep every client's state in memory, as before the states moved to disk."""
     monkeypatch.setattr(simulation, "ClientStates", lambda folder: ClientStates(None))

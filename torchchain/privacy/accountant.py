@@ -23,7 +23,7 @@ What to record, per round:
   DP-FedAvg (McMahan et al. 2018) ``q = clients_per_round / clients`` (``1.0`` when every
   client takes part); that amplification assumes each client is selected by a secret Poisson
   draw and only the noisy aggregate is released. On this ledger neither holds: a round's sample
-  is derived from the parent block's hash, so anyone can compute it, and each client's noised
+  is derived from the config hash and the round, so anyone can compute it, and each client's noised
   update is published under its signature. For a guarantee towards ledger readers, record
   ``q = 1.0`` and one step for each round the client actually took part in.
 

@@ -12,7 +12,7 @@ member in client-key order):
 Each accepted transaction of a round adds to its client's entry:
 
 * ``client_dp`` (DP-FedAvg's clip-and-noise, applied by the client): one step at ``q = 1``.
-  The round's sample is public (derived from the parent hash) and every noised update is
+  The round's sample is public (derived from the config hash and round) and every noised update is
   published under its client's signature, so amplification by sampling does not hold towards
   ledger readers; a client spends only in the rounds it takes part in.
 * ``dpsgd`` (record-level DP-SGD inside local training): ``local_steps`` steps, or

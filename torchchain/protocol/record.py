@@ -11,7 +11,7 @@ Schema (every key required, nothing else allowed)::
         "counts": {code: int, ...},               # per reason code, summing to total
         "sample": [{"client", "update_hash", "code", "reason"}, ...]   # at most SAMPLE_SIZE
       },
-      "randomness": hex,                          # round_randomness(prev_hash, merkle_root)
+      "randomness": hex,                          # round_randomness(config hash, round, updates)
       "state": hex | null,                        # blob of the round state after the block
       "reference": hex | null,                    # blob of the server's reference update (FLTrust)
       "privacy": {"epsilon": float} | null        # the largest privacy loss of any member so far

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from torchchain.chain.block import Block, Transaction, merkle_root
+from torchchain.chain.block import Block, Transaction
+from torchchain.chain.block import config_hash as hash_of_config
 from torchchain.chain.crypto import sha256_hex
 from torchchain.errors import ConfigError, LedgerError, RejectedUpdate, SerializationError
 from torchchain.privacy.secagg import SecAggConfig, SecAggError
@@ -109,6 +110,9 @@ class RoundRules:
             :mod:`torchchain.protocol.privacy`.
         secagg: The secure-aggregation parameters (``privacy.kind: secagg``), or ``None``; see
             :mod:`torchchain.protocol.secure_round`.
+        config_hash: The hash of the chain's configuration (every header's ``config_hash``);
+            with the round number it seeds the sample and the round's randomness. Rules built
+            from a config set it; the default suits rules built by hand for one process.
     """
 
     strategy: Strategy
@@ -119,6 +123,7 @@ class RoundRules:
     clients_per_round: int | None = None
     privacy: PrivacyRules = field(default_factory=lambda: PrivacyRules(kind="none", members=()))
     secagg: SecAggConfig | None = None
+    config_hash: str = "0" * 64
 
     @classmethod
     def from_genesis(cls, genesis: Block, *, trusted: Iterable[str] = ()) -> RoundRules:
@@ -159,12 +164,16 @@ class RoundRules:
         return cls(
             strategy=strategy, members=members, max_update_bytes=max_update_bytes(config),
             keep_updates=updates_kept(config), codec=build_codec(config.get("codec")), clients_per_round=per_round,
-            privacy=PrivacyRules.from_config(config, members), secagg=secagg,
+            privacy=PrivacyRules.from_config(config, members), secagg=secagg, config_hash=hash_of_config(config),
         )
 
-    def sample(self, parent_hash: str) -> frozenset[str]:
-        """The members that may submit in the round building on block ``parent_hash``."""
-        return round_sample(parent_hash, self.members, self.clients_per_round)
+    def sample(self, round: int) -> frozenset[str]:  # noqa: A002 - the protocol's word
+        """The members that may submit in round ``round``."""
+        return round_sample(self.config_hash, round, self.members, self.clients_per_round)
+
+    def randomness(self, round: int, transactions: Sequence[Transaction]) -> str:  # noqa: A002
+        """The seed of round ``round`` with these accepted transactions (client-key order)."""
+        return round_randomness(self.config_hash, round, [(tx.client, tx.update_hash) for tx in transactions])
 
     @property
     def round_size(self) -> int:
@@ -181,7 +190,7 @@ class RoundRules:
         return RoundContext(
             members=self.members, round=round, base_hash=base_hash, template=template,
             max_update_bytes=self.max_update_bytes, codec=self.codec,
-            sampled=None if self.clients_per_round is None else self.sample(base_hash),
+            sampled=None if self.clients_per_round is None else self.sample(round),
             secagg=self.secagg, participants=None if participants is None else frozenset(participants),
         )
 
@@ -191,7 +200,7 @@ class RoundInputs:
     """What a round's outcome depends on.
 
     Attributes:
-        parent_hash: Hash of the block the round builds on.
+        round: The round number.
         transactions: The accepted transactions, sorted by client key.
         updates: Their tensors, in the same order.
         reference: The server's reference update (strategies with ``requires_reference``).
@@ -199,16 +208,11 @@ class RoundInputs:
             client's masked input under :data:`~torchchain.protocol.secure_round.MASKED_KEY`.
     """
 
-    parent_hash: str
+    round: int
     transactions: tuple[Transaction, ...]
     updates: tuple[Mapping[str, torch.Tensor], ...]
     reference: Mapping[str, torch.Tensor] | None = None
     secagg: CheckedTranscript | None = None
-
-    @property
-    def randomness(self) -> str:
-        """The round's seed: fixed only once the accepted transactions are."""
-        return round_randomness(self.parent_hash, merkle_root([tx.tx_hash for tx in self.transactions]))
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ def execute_round(
     strategy.load_state_dict(strategy_state)
     privacy_after = rules.privacy.advance(privacy_state, inputs.transactions)
     epsilon = rules.privacy.epsilon(privacy_after) if rules.privacy.accounts else None
-    randomness = inputs.randomness
+    randomness = rules.randomness(inputs.round, inputs.transactions)
     parent = _copy(parent_model)
 
     def keep_parent(outcome: str, trust: dict[str, float], secagg: SecAggResult | None = None) -> RoundResult:
@@ -463,7 +467,7 @@ def replay_round(
     elif record.reference is not None:
         raise mismatch("the block records a reference update that its strategy does not use")
     inputs = RoundInputs(
-        parent_hash=block.header.prev_hash, transactions=block.transactions, updates=tuple(updates), reference=reference,
+        round=block.header.round, transactions=block.transactions, updates=tuple(updates), reference=reference,
         secagg=checked,
     )
     try:
@@ -474,7 +478,7 @@ def replay_round(
         raise mismatch(f"the strategy fails on this block's updates: {exc}") from None
     replayed = result.model_hash
     if result.randomness != record.randomness:
-        raise mismatch("the recorded randomness is not derived from the parent hash and the Merkle root", replayed)
+        raise mismatch("the recorded randomness is not derived from the config hash, the round and the accepted updates", replayed)
     if replayed != recorded_hash:
         raise mismatch(
             f"the strategy gives a model hashing to {replayed[:12]}, but the block records {recorded_hash[:12]}: "
@@ -520,7 +524,7 @@ def _secagg_transcript(
     try:
         transcript = Transcript.from_bytes(data, max_bytes=transcript_max_bytes(rules.round_size))
         return check_transcript(
-            transcript, round_number=block.header.round, sample=rules.sample(block.header.prev_hash), config=rules.secagg
+            transcript, round_number=block.header.round, sample=rules.sample(block.header.round), config=rules.secagg
         )
     except SerializationError as exc:
         raise mismatch(f"the secagg transcript is malformed: {exc}") from None
@@ -567,13 +571,13 @@ def load_state_blob(blobs: BlobSource, digest: str | None) -> dict[str, torch.Te
 
 
 def round_inputs_from(
-    parent_hash: str,
+    round: int,  # noqa: A002 - the protocol's word
     accepted: Sequence[tuple[Transaction, bytes, Mapping[str, torch.Tensor]]],
     reference: Mapping[str, torch.Tensor] | None,
 ) -> RoundInputs:
     """The inputs of a round from what :func:`~torchchain.protocol.submission.select_submissions` accepted."""
     return RoundInputs(
-        parent_hash=parent_hash,
+        round=round,
         transactions=tuple(tx for tx, _, _ in accepted),
         updates=tuple(t for _, _, t in accepted),
         reference=reference,

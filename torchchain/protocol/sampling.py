@@ -4,12 +4,14 @@ With many registered clients only a sample trains each round, as in FedAvg (McMa
 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data"): unsampled
 clients cost nothing, so a round's time grows with the sample, not with the membership.
 
-The sample of a round is a pure function of the parent block's hash and the member list, so
-every node, client and auditor derives the same one without being told: the members ordered by
-SHA-256(domain ‖ parent hash ‖ member key), first ``k`` taken. A submission from a member
-outside the sample is rejected (``not_sampled``). The parent hash is fixed only once the
-parent block is mined, so nobody knows a round's sample before the round begins (the parent's
-miner could grind its nonce to steer it; the same holds for any chain-derived randomness).
+The sample of a round is a pure function of the chain's config hash, the round number and the
+member list, so every node, client and auditor derives the same one without being told: the
+members ordered by SHA-256(domain ‖ config hash ‖ round ‖ member key), first ``k`` taken. A
+submission from a member outside the sample is rejected (``not_sampled``). The sample does not
+depend on block hashes, which hold the mining time: two runs of one ``seed`` sample the same
+clients, and no miner can grind a nonce to steer the next sample. The price is that every
+round's sample is known from the genesis block on; a client learns no more from that than it
+learns at the start of each round, before it trains.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torchchain.errors import ConfigError
 
 __all__ = ["SAMPLE_DOMAIN", "round_sample", "sample_size"]
 
-SAMPLE_DOMAIN = b"torchchain/client-sample/v1\x00"
+SAMPLE_DOMAIN = b"torchchain/client-sample/v2\x00"
 
 
 def sample_size(config: Mapping[str, Any], clients: int) -> int | None:
@@ -49,11 +51,12 @@ def sample_size(config: Mapping[str, Any], clients: int) -> int | None:
     )
 
 
-def round_sample(parent_hash: str, members: Iterable[str], k: int | None) -> frozenset[str]:
-    """The members sampled for the round that builds on block ``parent_hash`` (all when ``k`` is ``None``)."""
+def round_sample(config_hash: str, round: int, members: Iterable[str], k: int | None) -> frozenset[str]:  # noqa: A002
+    """The members sampled for round ``round`` of the chain whose config hashes to ``config_hash``
+    (all when ``k`` is ``None``)."""
     members = sorted(members)
     if k is None or k >= len(members):
         return frozenset(members)
-    parent = bytes.fromhex(parent_hash)
-    ranked = sorted(members, key=lambda m: hashlib.sha256(SAMPLE_DOMAIN + parent + bytes.fromhex(m)).digest())
+    prefix = SAMPLE_DOMAIN + bytes.fromhex(config_hash) + round.to_bytes(8, "big")
+    ranked = sorted(members, key=lambda m: hashlib.sha256(prefix + bytes.fromhex(m)).digest())
     return frozenset(ranked[:k])

@@ -161,12 +161,12 @@ class Node:
         seconds["validate"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        inputs = round_inputs_from(head.hash, selection.accepted, reference if self.rules.strategy.requires_reference else None)
+        inputs = round_inputs_from(round, selection.accepted, reference if self.rules.strategy.requires_reference else None)
         if secure is not None:
             assert self.rules.secagg is not None
             transcript = secure.finish([tx.client for tx in inputs.transactions])
             checked = check_transcript(
-                transcript, round_number=round, sample=self.rules.sample(head.hash), config=self.rules.secagg
+                transcript, round_number=round, sample=self.rules.sample(round), config=self.rules.secagg
             )
             inputs = dataclasses.replace(inputs, secagg=checked)
             seconds["reveal"] = time.perf_counter() - start

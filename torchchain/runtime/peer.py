@@ -344,7 +344,7 @@ class Peer:
         self._seconds = {"attest": 0.0, "commit": 0.0}
         self._voted_out = 0
         head = self.ledger.head
-        sample = self.rules.sample(head.hash)
+        sample = self.rules.sample(round)
         submissions = self._train(round, head.hash, [c for c in self.clients if c.public_key in sample])
         self._seconds["train"] = time.perf_counter() - started
 
@@ -558,7 +558,7 @@ class Peer:
             raise ConsensusError("resume", f"{what} fails this peer's check: {exc}", round=None) from None
         round = block.header.round
         # The round this peer missed, for its clients: they train again with the same streams.
-        sample = self.rules.sample(block.header.prev_hash)
+        sample = self.rules.sample(round)
         self._train(round, block.header.prev_hash, [c for c in self.clients if c.public_key in sample])
         if self.attack is not None:
             self.attack.observe_aggregate(flatten(compute_delta(model, self.global_state)))

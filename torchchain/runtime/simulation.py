@@ -246,13 +246,13 @@ class Simulation:
                 "or raise privacy.target_epsilon"
             )
 
-    def _epsilon_past_budget(self) -> float | None:
-        """The ε the next round would reach if every client it samples is accepted, when that
+    def _epsilon_past_budget(self, round: int) -> float | None:
+        """The ε round ``round`` would reach if every client it samples is accepted, when that
         passes ``privacy.target_epsilon``; ``None`` when the round fits (or nothing is accounted)."""
         rules = self.rules.privacy
         if not rules.accounts or rules.target_epsilon is None:
             return None
-        sample = self.rules.sample(self.ledger.head.hash)
+        sample = self.rules.sample(round)
         _, spent = split_state(self.node.round_state)
         epsilon = rules.epsilon(rules.spend(spent, [(c.public_key, len(c.data)) for c in self.clients if c.public_key in sample]))
         return epsilon if rules.over_budget(epsilon) else None
@@ -453,7 +453,7 @@ class Simulation:
         seconds: dict[str, float] = {}
         base_hash = self.ledger.head.hash
         # Only the round's sample trains: unsampled clients cost nothing.
-        sample = self.rules.sample(base_hash)
+        sample = self.rules.sample(round)
         sampled = [c for c in self.clients if c.public_key in sample]
         deltas = self._local_updates(round, sampled, seconds)
         self._poison(round, deltas, seconds)
@@ -542,7 +542,7 @@ class Simulation:
         )
         stopped_by_budget = None
         for rnd in bar:
-            passing = self._epsilon_past_budget()
+            passing = self._epsilon_past_budget(rnd)
             if passing is not None:
                 stopped_by_budget = rnd
                 print(
