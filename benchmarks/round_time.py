@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -584,10 +585,8 @@ def _flower_available(python: str) -> str | None:
 
 
 def compare(args: argparse.Namespace) -> None:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        raise SystemExit("the comparison polls memory with psutil: pip install -e .[bench]") from None
+    if importlib.util.find_spec("psutil") is None:
+        raise SystemExit("the comparison polls memory with psutil: pip install -e .[bench]")
     import torch
 
     from torchchain.runtime.executor import EXECUTORS
