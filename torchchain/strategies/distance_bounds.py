@@ -139,6 +139,11 @@ class _Bounds:
         if self.exact_rows == before:
             raise RuntimeError("refine() was asked for rows whose distances are all exact already")
 
+    @property
+    def over_budget(self) -> bool:
+        """Whether more rows got exact distances than computing all pairs would cost."""
+        return self.exact_rows > _MAX_EXACT_SHARE * self.updates.shape[0]
+
     def scores(self, index: Tensor, neighbours: int) -> tuple[Tensor, Tensor, Tensor]:
         """Bounds on the Krum scores of the rows ``index`` (ascending) among themselves.
 
@@ -252,8 +257,15 @@ def _ordered_prefix(bounds: _Bounds, neighbours: int, count: int) -> Tensor | No
         if len(order) == count:
             return torch.tensor(order, dtype=torch.int64)
         bounds.refine(unsure)
-        if bounds.exact_rows > _MAX_EXACT_SHARE * n:
+        if bounds.over_budget:
             return None
+
+
+def _check_arguments(n: int, f: int, count: int) -> None:
+    if f < 0:
+        raise ValueError(f"f must be non-negative, got {f}")
+    if not 0 <= count <= n:
+        raise ValueError(f"count must satisfy 0 <= count <= {n}, got {count}")
 
 
 def krum_order(updates: Tensor, f: int, count: int) -> Tensor:
@@ -272,10 +284,7 @@ def krum_order(updates: Tensor, f: int, count: int) -> Tensor:
         ``(count,)`` int64.
     """
     n = updates.shape[0]
-    if f < 0:
-        raise ValueError(f"f must be non-negative, got {f}")
-    if not 0 <= count <= n:
-        raise ValueError(f"count must satisfy 0 <= count <= {n}, got {count}")
+    _check_arguments(n, f, count)
     neighbours = max(n - f - 2, 0)
     if neighbours == 0 or count == 0:  # every score is 0: the first rows by index
         return torch.arange(count, dtype=torch.int64)
@@ -303,11 +312,10 @@ def iterated_krum_order(updates: Tensor, f: int, count: int) -> Tensor:
         ``(count,)`` int64, in the order picked.
     """
     n = updates.shape[0]
-    if f < 0:
-        raise ValueError(f"f must be non-negative, got {f}")
-    if not 0 <= count <= n:
-        raise ValueError(f"count must satisfy 0 <= count <= {n}, got {count}")
-    bounds = _Bounds.from_gram(updates) if n > 2 and count > 0 else None
+    _check_arguments(n, f, count)
+    if count == 0:
+        return torch.empty(0, dtype=torch.int64)
+    bounds = _Bounds.from_gram(updates) if n > 2 else None
     if bounds is None:
         return iterated_krum_selection(pairwise_sq_distances(updates), f, count)
     remaining = list(range(n))
@@ -320,7 +328,7 @@ def iterated_krum_order(updates: Tensor, f: int, count: int) -> Tensor:
         row, unsure = _first(low, high, exact, bounds.group[index], torch.ones(r, dtype=torch.bool))
         if row < 0:
             bounds.refine(index[unsure])
-            if bounds.exact_rows > _MAX_EXACT_SHARE * n:
+            if bounds.over_budget:
                 return iterated_krum_selection(pairwise_sq_distances(updates), f, count)
             continue
         selected.append(remaining.pop(row))

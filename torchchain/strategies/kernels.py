@@ -679,15 +679,11 @@ def mean_scaled_difference(updates: Tensor, center: Tensor, factors: Tensor) -> 
     """
     _check_matrix(updates)
     n = updates.shape[0]
-    coefficients = torch.ones(n, dtype=torch.float64) / sorted_sum(torch.ones(n, dtype=torch.float64))
-    total = torch.zeros_like(center)
+    coefficient = 1.0 / n  # weighted_mean's 1 / sorted_sum(ones): n is exact in float64
+    total = (updates[0] - center).mul_(factors[0]).mul_(coefficient)
     term = torch.empty_like(center)
-    for row in range(n):
-        torch.sub(updates[row], center, out=term).mul_(factors[row]).mul_(coefficients[row])
-        if row == 0:
-            total.copy_(term)
-        else:
-            total += term
+    for row in range(1, n):
+        total += torch.sub(updates[row], center, out=term).mul_(factors[row]).mul_(coefficient)
     return total
 
 
@@ -726,9 +722,9 @@ def cosine_similarities(updates: Tensor, reference: Tensor) -> Tensor:
 def _column_blocks(updates: Tensor) -> Iterator[tuple[int, Tensor]]:
     """``(start, columns)`` for blocks of :data:`_COLUMNS` coordinates: ``columns`` is the
     ``(c, n)`` transpose of ``updates[:, start:start + c]``, contiguous, so that per-coordinate
-    sorts and selections read each coordinate's ``n`` values from one cache line run instead of
-    ``n`` strided loads (about twice as fast as sorting ``dim=0`` of the whole matrix, same
-    results)."""
+    sorts and selections read each coordinate's ``n`` values from one contiguous run instead of
+    ``n`` strided loads (about 1.4× faster than sorting ``dim=0`` of the whole matrix, same
+    results, and no ``(n, d)`` sorted copy)."""
     for start in range(0, updates.shape[1], _COLUMNS):
         yield start, updates[:, start : start + _COLUMNS].T.contiguous()
 
