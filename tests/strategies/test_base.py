@@ -110,6 +110,21 @@ def test_bad_inputs_raise_a_typed_error_that_names_the_problem(updates, weights,
         FedAvg()(updates, weights)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_entry_among_many_is_named_by_its_row(bad):
+    updates = torch.randn(4, 10_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    updates[2, 7_777] = bad
+    with pytest.raises(ValueError, match=r"rows \[2\] hold NaN or inf"):
+        FedAvg()(updates, ones(4))
+
+
+def test_rows_whose_sum_overflows_are_finite_and_accepted():
+    # The finiteness screen sums each row; a sum that overflows must not reject finite rows.
+    big = t([[1e308, 1e308, -1e308], [1e308, 1e308, 1e308], [0.0, 0.0, 0.0]])
+    assert torch.isinf(big.sum(dim=1)[:2]).all()
+    assert torch.equal(Median()(big, ones(3)).update, t([1e308, 1e308, 0.0]))
+
+
 def test_a_generator_must_be_a_cpu_torch_generator():
     with pytest.raises(TypeError, match="generator"):
         FedAvg()(t([[1.0]]), ones(1), generator=42)

@@ -194,26 +194,50 @@ def test_mean_around_median_keeps_the_values_closest_to_the_median():
     assert K.mean_around_median_with_shares(updates[:, 1:], 2)[0].tolist() == [3.0]
 
 
-@pytest.mark.parametrize("n", [1, 4, 9])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 4, 9, 10])
 @pytest.mark.parametrize("d", [3, 8192, 20_001])
-def test_coordinate_rules_in_column_blocks_have_the_bits_of_the_whole_matrix_sorts(n, d):
-    # The kernels sort transposed blocks of 8192 coordinates; sorting dim 0 of the whole matrix
-    # is the formula they replace, with the same values, row indices and sums.
+def test_coordinate_rules_in_column_blocks_have_the_bits_of_the_whole_matrix_sorts(n, d, threads, monkeypatch):
+    # The kernels sort transposed blocks of 8192 coordinates with numpy, count the rows in the
+    # kept positions by comparison (a stable sort only where a run of equal values crosses an end)
+    # and spread the blocks over threads; a stable torch.sort of dim 0 of the whole matrix is the
+    # formula they replace, with the same values, row indices and sums.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     generator = torch.Generator().manual_seed(n * d)
-    tied = torch.randint(-3, 4, (n, d), generator=generator).to(torch.float64)
+    tied = torch.randint(-3, 4, (n, d), generator=generator).to(torch.float64) + 0.0
     spread = torch.randn(n, d, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-6, 6, (n, 1), generator=generator)
-    for updates in (tied, spread):
+    sybil = spread.clone()
+    sybil[n // 2 :] = spread[0]  # copies of row 0 at the median of many coordinates
+    for updates in (tied, spread, sybil):
         values, rows = torch.sort(updates, dim=0, stable=True)
-        trim = (n - 1) // 2
-        mean, shares = K.trimmed_mean_with_shares(updates, trim)
-        assert torch.equal(mean, K.sequential_sum(values[trim : n - trim], dim=0) / (n - 2 * trim))
-        assert torch.equal(shares, torch.bincount(rows[trim : n - trim].reshape(-1), minlength=n).double() / ((n - 2 * trim) * d))
-        beta = max(n - 2, 1)
+        middle = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+        assert torch.equal(K.coordinate_median(updates), middle)
+        for trim in sorted({0, n // 4, (n - 1) // 2}):
+            mean, shares = K.trimmed_mean_with_shares(updates, trim)
+            assert torch.equal(mean, K.sequential_sum(values[trim : n - trim], dim=0) / (n - 2 * trim))
+            expected = torch.bincount(rows[trim : n - trim].reshape(-1), minlength=n).double() / ((n - 2 * trim) * d)
+            assert torch.equal(shares, expected)
         median = (values[(n - 1) // 2] + values[n // 2]) / 2
-        positions = torch.sort(torch.sort((values - median).abs(), dim=0, stable=True).indices[:beta], dim=0).values
-        mean, shares = K.mean_around_median_with_shares(updates, beta)
-        assert torch.equal(mean, K.sequential_sum(values.gather(0, positions), dim=0) / beta)
-        assert torch.equal(shares, torch.bincount(rows.gather(0, positions).reshape(-1), minlength=n).double() / (beta * d))
+        for beta in sorted({1, max(n // 2, 1), max(n - 2, 1)}):
+            positions = torch.sort(torch.sort((values - median).abs(), dim=0, stable=True).indices[:beta], dim=0).values
+            mean, shares = K.mean_around_median_with_shares(updates, beta)
+            assert torch.equal(mean, K.sequential_sum(values.gather(0, positions), dim=0) / beta)
+            expected = torch.bincount(rows.gather(0, positions).reshape(-1), minlength=n).double() / (beta * d)
+            assert torch.equal(shares, expected)
+
+
+def test_row_counts_take_the_stable_sort_only_where_equal_values_cross_the_kept_positions(monkeypatch):
+    sorts = []
+    real_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(a[0].shape) or real_sort(*a, **k))
+    # Coordinate 0: distinct values. Coordinate 1: three rows hold 2.0 across the lower end of
+    # the kept positions 1..2 (sorted 2, 2, 2, 9), so which of them is kept depends on the index.
+    updates = t([[5.0, 2.0], [1.0, 9.0], [3.0, 2.0], [7.0, 2.0]])
+    mean, shares = K.trimmed_mean_with_shares(updates, 1)
+    assert mean.tolist() == [4.0, 2.0]
+    # Kept: coordinate 0 rows 2 (3.0) and 0 (5.0); coordinate 1 the 2nd and 3rd of rows 0, 2, 3.
+    assert shares.tolist() == [0.25, 0.0, 0.5, 0.25]
+    assert sorts == [(1, 4)]  # one coordinate sorted, the other counted
 
 
 # -- distances and selections ---------------------------------------------------------------

@@ -471,10 +471,15 @@ def _validated_inputs(updates: Any, weights: Any) -> tuple[Tensor, Tensor]:
         raise ValueError(f"updates must have shape (n, d) with n, d >= 1, got {tuple(updates.shape)}")
     if weights.shape != (updates.shape[0],):
         raise ValueError(f"weights must have shape ({updates.shape[0]},), one per update, got {tuple(weights.shape)}")
-    # A row is finite iff its smallest and largest entries are (both propagate NaN): one pass,
-    # no (n, d) temporary.
-    lowest, highest = torch.aminmax(updates, dim=1)
-    bad_rows = (~(torch.isfinite(lowest) & torch.isfinite(highest))).nonzero().flatten().tolist()
+    # A NaN or an infinity makes any sum that holds it NaN or infinite, so a row with a finite
+    # sum is finite: one fast pass, no (n, d) temporary. Only rows whose sum is not finite (a
+    # non-finite entry, or finite entries whose sum overflows) are checked entry by entry, by
+    # their smallest and largest entries (both propagate NaN).
+    suspect = (~torch.isfinite(updates.sum(dim=1))).nonzero().flatten()
+    bad_rows = []
+    if suspect.numel():
+        lowest, highest = torch.aminmax(updates[suspect], dim=1)
+        bad_rows = suspect[~(torch.isfinite(lowest) & torch.isfinite(highest))].tolist()
     if bad_rows:
         raise ValueError(f"updates must be finite; rows {bad_rows} hold NaN or inf")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
