@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from torchchain.errors import ConfigError
@@ -252,7 +252,11 @@ def run_cell(
         return result
 
     summary_path = run_dir / "summary.json"
-    if rerun or not summary_path.exists():
+    # The folder is named by the overrides; a run made when conf/ said otherwise (a changed
+    # default, say) saved another config and is outdated.
+    saved = run_dir / "config.yaml"
+    outdated = not saved.exists() or OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg)
+    if rerun or outdated or not summary_path.exists():
         if run_dir.exists():  # an unfinished or outdated run: start afresh
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
