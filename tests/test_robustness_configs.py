@@ -31,13 +31,14 @@ def _target_class(node) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def test_the_default_strategy_is_the_geometric_median_at_its_defaults():
-    from torchchain.strategies import GeoMed
+def test_the_default_strategy_is_centered_clipping_with_the_adaptive_radius():
+    from torchchain.strategies import CenteredClipping
 
-    assert _target_class(compose_config([]).strategy) is GeoMed
-    assert OmegaConf.to_container(compose_config([]).strategy) == {
-        "_target_": "torchchain.strategies.GeoMed", "f": None, "pre": []
-    }
+    node = compose_config([]).strategy
+    assert _target_class(node) is CenteredClipping
+    assert OmegaConf.to_container(node) == {"_target_": "torchchain.strategies.CenteredClipping", "f": None, "pre": []}
+    strategy = instantiate(node, _convert_="all")
+    assert (strategy.tau, strategy.iterations, strategy.momentum, strategy.pre) == ("auto", 1, 0.0, ())
 
 
 def test_every_registered_strategy_has_a_config_file():

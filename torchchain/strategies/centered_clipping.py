@@ -44,9 +44,8 @@ class CenteredClipping(Strategy):
     which becomes the next round's starting point. Sample counts are ignored, as in the paper.
     A Byzantine client moves the result by at most ``tau / n`` per iteration.
 
-    **Radius.** A number ``tau`` is a fixed radius; choose it on the scale of the honest updates'
-    spread (too small and the centre barely moves, too large and nothing is clipped).
-    ``tau="auto"`` sets it in every iteration from that iteration's distances to the centre:
+    **Radius.** ``tau="auto"`` (the default) sets it in every iteration from that iteration's
+    distances to the centre:
     ``tau = median_i |x_i - v|`` (for even ``n`` the mean of the two middle distances;
     :func:`~torchchain.strategies.kernels.median_clip_factors`). If more than half the rows are
     honest, that median lies between the smallest and the largest honest distance whatever the
@@ -61,7 +60,9 @@ class CenteredClipping(Strategy):
     are clipped every iteration, honest ones included, so the step is a robust (Huber-like)
     estimate rather than the honest mean. With ``tau = 0`` (more than half the rows sit on the
     centre) the centre stays where it is. :attr:`radii` holds the radius of each iteration of
-    the last aggregation.
+    the last aggregation. A number ``tau`` is a fixed radius instead; it must be on the scale of
+    the honest updates' spread, which changes as training converges (too small and the centre
+    barely moves, too large and nothing is clipped).
 
     **Server momentum.** With ``momentum = beta > 0`` the update returned is the server's
     momentum of the robust aggregates, ``m_t = beta * m_{t-1} + (1 - beta) * v_t`` with
@@ -83,8 +84,8 @@ class CenteredClipping(Strategy):
     (this round's rows only; the momentum's earlier rounds are not attributed).
 
     Args:
-        tau: Clipping radius around the centre, in ``(0, MAX_NORM]``, or ``"auto"`` for the
-            median distance of each iteration; default 1.0.
+        tau: Clipping radius around the centre, in ``(0, MAX_NORM]``, or ``"auto"`` (default)
+            for the median distance of each iteration.
         iterations: Clipping iterations per round, an int in ``[1, MAX_ITERATIONS]``; default 1.
         momentum: Server momentum ``beta`` in ``[0, MAX_MOMENTUM]``; default 0.0 (none).
         f: Byzantine clients assumed; only pre-aggregation steps use it. Default ``None``.
@@ -99,7 +100,7 @@ class CenteredClipping(Strategy):
     def __init__(
         self,
         *,
-        tau: float | str = 1.0,
+        tau: float | str = AUTO,
         iterations: int = 1,
         momentum: float = 0.0,
         f: int | None = None,
