@@ -249,7 +249,7 @@ def trimmed_mean_with_shares(updates: Tensor, trim: int) -> tuple[Tensor, Tensor
         mean[start : start + columns.shape[0]] = sequential_sum(values[:, trim : n - trim], dim=1) / kept
         return _rows_at(columns, values, positions.expand(columns.shape[0], -1))
 
-    counts = _sum_counts(_map_column_blocks(updates, block), n)
+    counts = torch.stack(_map_column_blocks(updates, block)).sum(dim=0)  # integers: exact in any order
     return mean, counts.to(torch.float64) / (kept * d)
 
 
@@ -337,7 +337,7 @@ def mean_around_median_with_shares(updates: Tensor, beta: int) -> tuple[Tensor, 
         mean[start : start + columns.shape[0]] = sequential_sum(values.gather(1, positions), dim=1) / beta
         return _rows_at(columns, values, positions)
 
-    counts = _sum_counts(_map_column_blocks(updates, block), n)
+    counts = torch.stack(_map_column_blocks(updates, block)).sum(dim=0)  # integers: exact in any order
     return mean, counts.to(torch.float64) / (beta * d)
 
 
@@ -757,11 +757,6 @@ def _map_column_blocks(updates: Tensor, work: Callable[[int, Tensor], T]) -> lis
         return [run(start) for start in starts]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(run, starts))
-
-
-def _sum_counts(counts: list[Tensor], n: int) -> Tensor:
-    """The sum of per-block ``(n,)`` int64 counts (integer addition: exact in any order)."""
-    return torch.stack(counts).sum(dim=0) if counts else torch.zeros(n, dtype=torch.int64)
 
 
 def _sorted_rows(columns: Tensor) -> Tensor:
